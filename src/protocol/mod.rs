@@ -1,0 +1,5 @@
+//! The sans-IO RFC 6455 core: byte slices in, decisions out. Nothing here
+//! touches a socket, a runtime or the allocator on the frame path.
+
+pub mod error;
+pub use error::{close_code, Disposition, Error};
