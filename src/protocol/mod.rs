@@ -2,4 +2,10 @@
 //! touches a socket, a runtime or the allocator on the frame path.
 
 pub mod error;
+pub mod close;
+pub mod frame;
+pub mod mask;
+pub mod message;
+pub mod utf8;
+
 pub use error::{close_code, Disposition, Error};

@@ -1,0 +1,785 @@
+//! The per-connection message and close state machine (RFC 6455 §5.4, §5.5,
+//! §7), shaped for an in-place echo.
+//!
+//! The caller owns a buffer of bytes read from the peer and calls
+//! [`Session::step`] repeatedly. Each step consumes input and says what to
+//! send. Data is echoed as it is validated: every chunk of payload that is
+//! available becomes one complete server frame, whose header the session
+//! writes into the buffer just before the chunk (a server header is 4 bytes
+//! shorter than the client's, §5.2), so the echo is a slice of the read
+//! buffer and no payload byte is copied. A client frame that arrives over
+//! several reads is echoed as several server frames (a valid re-fragmentation,
+//! §5.4); memory per connection therefore does not grow with message size,
+//! and every server frame on the wire is complete before any control frame
+//! is slotted in between them.
+
+use std::ops::Range;
+
+use super::close::parse_close_payload;
+use super::frame::{
+    encode_server_header, parse_client_header, server_header_len, ControlFrame, OpCode,
+    MAX_SERVER_HEADER,
+};
+use super::mask::apply_mask;
+use super::utf8::Utf8Validator;
+use super::{close_code, Disposition, Error};
+
+/// Default limit on a whole message, across its fragments.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 16 * 1024 * 1024;
+
+/// Bytes a caller should leave free before the first new byte when the
+/// session [`expects_payload`](Session::expects_payload), so the header of
+/// a continued frame can be written in place.
+pub const HEADROOM: usize = MAX_SERVER_HEADER;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Largest message accepted, summed over fragments (§7.4.1: 1009 beyond).
+    pub max_message_size: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Binary,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Between frames: the next bytes are a frame header.
+    Header,
+    /// Inside a data frame's payload.
+    Payload {
+        key: [u8; 4],
+        remaining: u64,
+        /// Payload bytes of this frame already handled: the mask phase.
+        offset: u64,
+        fin: bool,
+        /// False once we have sent a close: payload is skipped, not echoed.
+        echo: bool,
+    },
+    /// The peer's close arrived or the connection failed: input is ignored.
+    Closed,
+}
+
+/// What the caller should do after a [`Session::step`].
+#[derive(Debug)]
+pub enum Event {
+    /// Nothing more can be done with the input: read more, keeping the bytes
+    /// from `Step::next` on (a partial header or control frame).
+    NeedMore,
+    /// Input consumed, nothing to send; call `step` again.
+    Nothing,
+    /// Send `buf[frame]`: a complete server frame, header written in place.
+    Echo { frame: Range<usize> },
+    /// Send `header` then `buf[payload]`: the caller left no headroom, so the
+    /// header could not be written in place.
+    EchoDetached {
+        header: [u8; MAX_SERVER_HEADER],
+        header_len: usize,
+        payload: Range<usize>,
+    },
+    /// Send this pong, ahead of queued echo data (§5.5.3).
+    Pong(ControlFrame),
+    /// The peer sent a close (§5.5.1). Send `reply` if there is one (after
+    /// the echo already queued, so every message the peer sent before its
+    /// close is echoed), then close the connection.
+    Closed { reply: Option<ControlFrame> },
+}
+
+/// One step's result: input before `next` has been consumed.
+#[derive(Debug)]
+pub struct Step {
+    pub next: usize,
+    pub event: Event,
+}
+
+/// Protocol state of one connection after the handshake.
+#[derive(Debug, Clone)]
+pub struct Session {
+    config: Config,
+    phase: Phase,
+    /// The client message in progress, from its first frame to its FIN.
+    message: Option<Kind>,
+    message_len: u64,
+    /// We sent a non-FIN echo frame, so the next echo is a continuation.
+    echo_open: bool,
+    utf8: Utf8Validator,
+    close_sent: bool,
+}
+
+impl Session {
+    pub fn new(config: Config) -> Session {
+        Session {
+            config,
+            phase: Phase::Header,
+            message: None,
+            message_len: 0,
+            echo_open: false,
+            utf8: Utf8Validator::new(),
+            close_sent: false,
+        }
+    }
+
+    /// True when the next input byte continues a data frame's payload; the
+    /// caller then leaves [`HEADROOM`] scratch bytes before it.
+    pub fn expects_payload(&self) -> bool {
+        matches!(self.phase, Phase::Payload { .. })
+    }
+
+    /// True once the peer's close has been received or the session failed.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// True once a close frame has been handed out to be sent.
+    pub fn close_sent(&self) -> bool {
+        self.close_sent
+    }
+
+    /// Start a server-initiated close (shutdown: 1001, idle: 1000, §7.1.2).
+    /// Returns the frame to send, or `None` if a close was already sent.
+    /// Data that arrives afterwards is parsed but no longer echoed (§5.5.1).
+    pub fn initiate_close(&mut self, code: u16, reason: &str) -> Option<ControlFrame> {
+        if self.close_sent {
+            return None;
+        }
+        self.close_sent = true;
+        Some(ControlFrame::close(Some(code), reason))
+    }
+
+    /// Fail the connection for `err` (§7.1.7): the close frame to send, if
+    /// none was sent yet. Input is ignored from here on.
+    pub fn fail(&mut self, err: Error) -> Option<ControlFrame> {
+        self.phase = Phase::Closed;
+        let code = match err.disposition() {
+            Disposition::Close(code) => code,
+            Disposition::Http(_) => close_code::PROTOCOL_ERROR,
+        };
+        self.initiate_close(code, err.reason())
+    }
+
+    /// Process input at `buf[pos..]`.
+    ///
+    /// `buf[..pos]` is the caller's scratch: when a frame's payload continues
+    /// from an earlier call, the session writes that chunk's header into the
+    /// bytes just before `pos`. On `Err`, the session is failed: pass the
+    /// error to [`Session::fail`] for the close frame.
+    pub fn step(&mut self, buf: &mut [u8], pos: usize) -> Result<Step, Error> {
+        let result = self.step_inner(buf, pos);
+        if result.is_err() {
+            self.phase = Phase::Closed;
+        }
+        result
+    }
+
+    fn step_inner(&mut self, buf: &mut [u8], pos: usize) -> Result<Step, Error> {
+        let need_more = |next| Ok(Step {
+            next,
+            event: Event::NeedMore,
+        });
+        let Some(input) = buf.get(pos..) else {
+            return need_more(buf.len());
+        };
+        if input.is_empty() {
+            return need_more(pos);
+        }
+        match self.phase {
+            Phase::Closed => need_more(buf.len()),
+            Phase::Payload { .. } => self.payload(buf, pos),
+            Phase::Header => {
+                let Some(h) = parse_client_header(input, 0)? else {
+                    return need_more(pos);
+                };
+                let payload_start = pos + h.header_len;
+                if h.opcode.is_control() {
+                    // At most 125 bytes (checked by the header parser), so
+                    // control frames are handled whole.
+                    let end = payload_start + h.payload_len as usize;
+                    let Some(payload) = buf.get_mut(payload_start..end) else {
+                        return need_more(pos);
+                    };
+                    apply_mask(payload, h.key, 0);
+                    let event = self.control(h.opcode, payload)?;
+                    return Ok(Step { next: end, event });
+                }
+                let kind = match (h.opcode, self.message) {
+                    (OpCode::Continuation, Some(kind)) => kind,
+                    (OpCode::Continuation, None) => return Err(Error::UnexpectedContinuation),
+                    (_, Some(_)) => return Err(Error::ExpectedContinuation),
+                    (OpCode::Text, None) => Kind::Text,
+                    (_, None) => Kind::Binary,
+                };
+                // §7.4.1 / 1009: the limit is on the whole message, checked at
+                // the header so no byte of an oversize frame is buffered.
+                let total = self.message_len.saturating_add(h.payload_len);
+                if total > self.config.max_message_size {
+                    return Err(Error::MessageTooBig);
+                }
+                if h.payload_len > 0 && payload_start == buf.len() {
+                    // Keep the header unconsumed: when payload arrives it
+                    // gives the echo header room in place.
+                    return need_more(pos);
+                }
+                self.message = Some(kind);
+                self.message_len = total;
+                self.phase = Phase::Payload {
+                    key: h.key,
+                    remaining: h.payload_len,
+                    offset: 0,
+                    fin: h.fin,
+                    echo: !self.close_sent,
+                };
+                self.payload(buf, payload_start)
+            }
+        }
+    }
+
+    /// Handle the payload bytes available at `buf[start..]` for the frame in
+    /// progress; an empty frame is handled (and echoed) here too.
+    fn payload(&mut self, buf: &mut [u8], start: usize) -> Result<Step, Error> {
+        let Phase::Payload {
+            key,
+            remaining,
+            offset,
+            fin,
+            echo,
+        } = self.phase
+        else {
+            return Ok(Step {
+                next: start,
+                event: Event::Nothing,
+            });
+        };
+        let kind = self.message.unwrap_or(Kind::Binary);
+        let available = buf.len().saturating_sub(start) as u64;
+        let n = remaining.min(available) as usize;
+        let end = start + n;
+        let frame_done = n as u64 == remaining;
+        let message_done = frame_done && fin;
+        self.phase = if frame_done {
+            Phase::Header
+        } else {
+            Phase::Payload {
+                key,
+                remaining: remaining - n as u64,
+                offset: offset + n as u64,
+                fin,
+                echo,
+            }
+        };
+        if message_done {
+            self.message = None;
+            self.message_len = 0;
+        }
+        if !echo {
+            return Ok(Step {
+                next: end,
+                event: Event::Nothing,
+            });
+        }
+        let chunk = buf.get_mut(start..end).unwrap_or_default();
+        match kind {
+            Kind::Text => {
+                self.utf8.feed_masked(chunk, key, offset)?;
+                if message_done {
+                    self.utf8.finish()?;
+                }
+            }
+            Kind::Binary => apply_mask(chunk, key, offset),
+        }
+        let opcode = match (self.echo_open, kind) {
+            (true, _) => OpCode::Continuation,
+            (false, Kind::Text) => OpCode::Text,
+            (false, Kind::Binary) => OpCode::Binary,
+        };
+        self.echo_open = !message_done;
+        let mut header = [0u8; MAX_SERVER_HEADER];
+        let header_len = encode_server_header(message_done, opcode, n as u64, &mut header);
+        let event = match start.checked_sub(header_len) {
+            Some(at) => {
+                buf[at..start].copy_from_slice(&header[..header_len]);
+                Event::Echo { frame: at..end }
+            }
+            None => Event::EchoDetached {
+                header,
+                header_len,
+                payload: start..end,
+            },
+        };
+        debug_assert_eq!(header_len, server_header_len(n as u64));
+        Ok(Step { next: end, event })
+    }
+
+    fn control(&mut self, opcode: OpCode, payload: &[u8]) -> Result<Event, Error> {
+        match opcode {
+            OpCode::Ping if !self.close_sent => Ok(Event::Pong(ControlFrame::pong(payload))),
+            OpCode::Close => {
+                let code = parse_close_payload(payload)?;
+                self.phase = Phase::Closed;
+                // §5.5.1: answer a close we did not start, echoing its code.
+                let reply = if self.close_sent {
+                    None
+                } else {
+                    self.close_sent = true;
+                    Some(ControlFrame::close(code, ""))
+                };
+                Ok(Event::Closed { reply })
+            }
+            // Unsolicited pongs are allowed and need no answer (§5.5.3); after
+            // our close we send nothing more, pongs included.
+            _ => Ok(Event::Nothing),
+        }
+    }
+}
+
+/// Run `input` through `session` as one buffer and append everything the
+/// server would send to `out`. For tests, fuzzing and benchmarks; the server
+/// sends the ranges in place instead.
+pub fn echo_all(session: &mut Session, input: &mut [u8], out: &mut Vec<u8>) -> Result<usize, Error> {
+    let mut pos = 0;
+    loop {
+        let Step { next, event } = session.step(input, pos)?;
+        match event {
+            Event::NeedMore => return Ok(next),
+            Event::Nothing => {}
+            Event::Echo { frame } => out.extend_from_slice(&input[frame]),
+            Event::EchoDetached {
+                header,
+                header_len,
+                payload,
+            } => {
+                out.extend_from_slice(&header[..header_len]);
+                out.extend_from_slice(&input[payload]);
+            }
+            Event::Pong(frame) => out.extend_from_slice(frame.as_bytes()),
+            Event::Closed { reply } => {
+                if let Some(frame) = reply {
+                    out.extend_from_slice(frame.as_bytes());
+                }
+            }
+        }
+        pos = next;
+    }
+}
+
+/// Feeds a session the way the server shell does: bytes arrive in arbitrary
+/// pieces, unconsumed bytes are kept, and [`HEADROOM`] is left before a
+/// continued payload. Collects what the server would send. Test and fuzz
+/// support; the shell does the same with pooled buffers.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct StreamHarness {
+    pub session: Session,
+    buf: Vec<u8>,
+    pos: usize,
+    pub out: Vec<u8>,
+    pub error: Option<Error>,
+    pub closed: bool,
+}
+
+impl StreamHarness {
+    pub fn new(config: Config) -> StreamHarness {
+        StreamHarness {
+            session: Session::new(config),
+            buf: Vec::new(),
+            pos: 0,
+            out: Vec::new(),
+            error: None,
+            closed: false,
+        }
+    }
+
+    /// Feed one piece; returns the error that failed the session, if any.
+    pub fn feed(&mut self, piece: &[u8]) -> Result<(), Error> {
+        if self.error.is_some() || self.closed {
+            return Ok(());
+        }
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            if self.session.expects_payload() {
+                self.buf.resize(HEADROOM, 0);
+                self.pos = HEADROOM;
+            }
+        }
+        self.buf.extend_from_slice(piece);
+        match echo_all_from(&mut self.session, &mut self.buf, self.pos, &mut self.out) {
+            Ok((next, closed)) => {
+                self.closed = closed;
+                // Keep only unconsumed bytes (a partial header or control frame).
+                self.buf.drain(..next);
+                self.pos = 0;
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(close) = self.session.fail(e) {
+                    self.out.extend_from_slice(close.as_bytes());
+                }
+                self.error = Some(e);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn echo_all_from(
+    session: &mut Session,
+    input: &mut [u8],
+    mut pos: usize,
+    out: &mut Vec<u8>,
+) -> Result<(usize, bool), Error> {
+    let mut closed = false;
+    loop {
+        let Step { next, event } = session.step(input, pos)?;
+        match event {
+            Event::NeedMore => return Ok((next, closed)),
+            Event::Nothing => {}
+            Event::Echo { frame } => out.extend_from_slice(&input[frame]),
+            Event::EchoDetached {
+                header,
+                header_len,
+                payload,
+            } => {
+                out.extend_from_slice(&header[..header_len]);
+                out.extend_from_slice(&input[payload]);
+            }
+            Event::Pong(frame) => out.extend_from_slice(frame.as_bytes()),
+            Event::Closed { reply } => {
+                closed = true;
+                if let Some(frame) = reply {
+                    out.extend_from_slice(frame.as_bytes());
+                }
+            }
+        }
+        pos = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::encode_client_frame;
+    use proptest::prelude::*;
+
+    /// What a client sees: whole messages and control frames.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Seen {
+        Text(Vec<u8>),
+        Binary(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<u16>),
+    }
+
+    /// Decode server frames as a strict client would (§5.1: never masked,
+    /// §5.4: fragmentation rules).
+    fn decode(mut bytes: &[u8]) -> Vec<Seen> {
+        let mut seen = Vec::new();
+        let mut partial: Option<(OpCode, Vec<u8>)> = None;
+        while !bytes.is_empty() {
+            let b0 = bytes[0];
+            let b1 = bytes[1];
+            assert_eq!(b1 & 0x80, 0, "server frames are never masked");
+            assert_eq!(b0 & 0x70, 0, "no RSV bits");
+            let (len, at) = match b1 & 0x7F {
+                126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+                127 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize, 10),
+                n => (n as usize, 2),
+            };
+            assert_eq!(at, server_header_len(len as u64), "minimal length encoding");
+            let payload = bytes[at..at + len].to_vec();
+            bytes = &bytes[at + len..];
+            let fin = b0 & 0x80 != 0;
+            match OpCode::from_u8(b0 & 0xF).unwrap() {
+                OpCode::Pong => seen.push(Seen::Pong(payload)),
+                OpCode::Close => seen.push(Seen::Close(
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+                )),
+                OpCode::Ping => panic!("unexpected ping"),
+                op @ (OpCode::Text | OpCode::Binary) => {
+                    assert!(partial.is_none(), "new message inside a fragmented one");
+                    partial = Some((op, payload));
+                }
+                OpCode::Continuation => partial.as_mut().expect("continuation without start").1.extend(payload),
+            }
+            if fin && matches!(b0 & 0xF, 0 | 1 | 2) {
+                let (op, data) = partial.take().unwrap();
+                seen.push(if op == OpCode::Text {
+                    assert!(std::str::from_utf8(&data).is_ok(), "server sent invalid UTF-8");
+                    Seen::Text(data)
+                } else {
+                    Seen::Binary(data)
+                });
+            }
+        }
+        // A failed connection may leave its echo open; the close says why.
+        assert!(partial.is_none() || matches!(seen.last(), Some(Seen::Close(Some(c))) if *c != 1000));
+        seen
+    }
+
+    fn frame(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_client_frame(fin, op, [0x37, 0xFA, 0x21, 0x3D], payload, &mut v);
+        v
+    }
+
+    fn run(input: &[u8]) -> (Vec<Seen>, Option<Error>) {
+        run_split(input, &[input.len()])
+    }
+
+    /// Feed `input` in pieces of the given sizes (cycled).
+    fn run_split(input: &[u8], sizes: &[usize]) -> (Vec<Seen>, Option<Error>) {
+        let mut h = StreamHarness::new(Config {
+            max_message_size: 1 << 20,
+        });
+        let mut rest = input;
+        let mut i = 0;
+        while !rest.is_empty() {
+            let n = sizes[i % sizes.len()].clamp(1, rest.len());
+            let _ = h.feed(&rest[..n]);
+            rest = &rest[n..];
+            i += 1;
+        }
+        (decode(&h.out), h.error)
+    }
+
+    #[test]
+    fn text_and_binary_are_echoed_with_their_opcode_at_every_length_class_section_5_6() {
+        for len in [0usize, 1, 125, 126, 65535, 65536, 200_000] {
+            let text: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let bin: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut input = frame(true, OpCode::Text, &text);
+            input.extend(frame(true, OpCode::Binary, &bin));
+            assert_eq!(run(&input), (vec![Seen::Text(text), Seen::Binary(bin)], None), "len {len}");
+        }
+    }
+
+    #[test]
+    fn a_whole_frame_is_echoed_in_place_as_one_slice_of_the_input() {
+        let mut s = Session::new(Config::default());
+        let mut input = frame(true, OpCode::Binary, &[9; 300]);
+        let step = s.step(&mut input, 0).unwrap();
+        match step.event {
+            // 8-byte client header: the 4-byte server header sits right after
+            // the mask key's first 4 bytes, ending where the payload starts.
+            Event::Echo { frame } => assert_eq!(frame, 4..308),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(&input[4..8], &[0x82, 126, 1, 44]);
+        assert!(input[8..].iter().all(|&b| b == 9), "unmasked in place");
+    }
+
+    #[test]
+    fn fragmented_text_with_a_code_point_split_across_fragments_is_echoed_section_5_4() {
+        let text = "ab€cd𝄞e".as_bytes();
+        // Split inside € (3 bytes) and inside 𝄞 (4 bytes).
+        let mut input = frame(false, OpCode::Text, &text[..3]);
+        input.extend(frame(false, OpCode::Continuation, &text[3..9]));
+        input.extend(frame(true, OpCode::Continuation, &text[9..]));
+        assert_eq!(run(&input), (vec![Seen::Text(text.to_vec())], None));
+    }
+
+    #[test]
+    fn control_frames_may_interleave_with_fragments_section_5_4() {
+        let mut input = frame(false, OpCode::Text, b"he");
+        input.extend(frame(true, OpCode::Ping, b"p1"));
+        input.extend(frame(true, OpCode::Pong, b"unsolicited"));
+        input.extend(frame(true, OpCode::Continuation, b"llo"));
+        let (seen, err) = run(&input);
+        assert_eq!(err, None);
+        assert_eq!(seen, vec![Seen::Pong(b"p1".to_vec()), Seen::Text(b"hello".to_vec())]);
+    }
+
+    #[test]
+    fn ping_gets_a_pong_with_the_same_payload_section_5_5_2() {
+        for len in [0usize, 1, 125] {
+            let payload: Vec<u8> = (0..len as u8).collect();
+            assert_eq!(run(&frame(true, OpCode::Ping, &payload)), (vec![Seen::Pong(payload)], None));
+        }
+    }
+
+    #[test]
+    fn continuation_without_a_message_is_a_protocol_error_section_5_4() {
+        let (seen, err) = run(&frame(true, OpCode::Continuation, b"x"));
+        assert_eq!(err, Some(Error::UnexpectedContinuation));
+        assert_eq!(seen, vec![Seen::Close(Some(1002))]);
+    }
+
+    #[test]
+    fn new_data_frame_inside_a_fragmented_message_is_a_protocol_error_section_5_4() {
+        let mut input = frame(false, OpCode::Text, b"a");
+        input.extend(frame(true, OpCode::Binary, b"b"));
+        let mut h = StreamHarness::new(Config::default());
+        assert_eq!(h.feed(&input), Err(Error::ExpectedContinuation));
+        let close = ControlFrame::close(Some(1002), Error::ExpectedContinuation.reason());
+        assert!(h.out.ends_with(close.as_bytes()), "{:?}", h.out);
+        assert_eq!(&close.as_bytes()[2..4], &1002u16.to_be_bytes());
+    }
+
+    #[test]
+    fn valid_close_codes_are_echoed_and_invalid_ones_get_1002_section_7_4() {
+        for code in [1000u16, 1001, 1003, 1007, 1011, 3000, 4999] {
+            let mut p = code.to_be_bytes().to_vec();
+            p.extend_from_slice(b"bye");
+            assert_eq!(run(&frame(true, OpCode::Close, &p)), (vec![Seen::Close(Some(code))], None));
+        }
+        assert_eq!(run(&frame(true, OpCode::Close, &[])), (vec![Seen::Close(None)], None));
+        for code in [0u16, 999, 1004, 1005, 1006, 1012, 1015, 2999, 5000] {
+            let (seen, err) = run(&frame(true, OpCode::Close, &code.to_be_bytes()));
+            assert_eq!(err, Some(Error::InvalidCloseCode(code)));
+            assert_eq!(seen, vec![Seen::Close(Some(1002))]);
+        }
+        let (seen, err) = run(&frame(true, OpCode::Close, &[3]));
+        assert_eq!((seen, err), (vec![Seen::Close(Some(1002))], Some(Error::CloseTooShort)));
+    }
+
+    #[test]
+    fn invalid_utf8_in_text_or_close_reason_is_1007_section_8_1() {
+        let (seen, err) = run(&frame(true, OpCode::Text, b"ok\xFFok"));
+        assert_eq!((seen, err), (vec![Seen::Close(Some(1007))], Some(Error::InvalidUtf8)));
+        let (seen, err) = run(&frame(true, OpCode::Close, b"\x03\xE8\xC3"));
+        assert_eq!((seen, err), (vec![Seen::Close(Some(1007))], Some(Error::InvalidUtf8)));
+        // Truncated code point at the end of the message.
+        let (_, err) = run(&frame(true, OpCode::Text, "é".as_bytes().get(..1).unwrap()));
+        assert_eq!(err, Some(Error::InvalidUtf8));
+    }
+
+    #[test]
+    fn invalid_utf8_fails_fast_before_the_frame_ends_section_8_1() {
+        let mut payload = vec![b'a'; 1000];
+        payload[10] = 0xFF;
+        let input = frame(true, OpCode::Text, &payload);
+        let mut h = StreamHarness::new(Config::default());
+        // Only the header and the first 20 payload bytes have arrived.
+        assert_eq!(h.feed(&input[..8 + 20]), Err(Error::InvalidUtf8));
+        assert_eq!(decode(&h.out), vec![Seen::Close(Some(1007))]);
+    }
+
+    #[test]
+    fn oversize_frame_is_refused_at_its_header_with_1009_section_7_4_1() {
+        let mut s = Session::new(Config {
+            max_message_size: 1000,
+        });
+        let mut hdr = vec![0x82, 0x80 | 127];
+        hdr.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
+        hdr.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(s.step(&mut hdr, 0).unwrap_err(), Error::MessageTooBig);
+        assert_eq!(s.fail(Error::MessageTooBig).unwrap().as_bytes()[2..4], 1009u16.to_be_bytes());
+    }
+
+    #[test]
+    fn fragmented_message_growing_past_the_limit_is_1009_section_7_4_1() {
+        let mut input = Vec::new();
+        for _ in 0..3 {
+            input.extend(frame(false, OpCode::Binary.min_for_test(input.is_empty()), &[0; 400_000]));
+        }
+        let (seen, err) = run(&input);
+        assert_eq!(err, Some(Error::MessageTooBig));
+        // The first two fragments fit and were echoed; the third is refused at its header.
+        assert_eq!(seen, vec![Seen::Close(Some(1009))]);
+    }
+
+    impl OpCode {
+        fn min_for_test(self, first: bool) -> OpCode {
+            if first { self } else { OpCode::Continuation }
+        }
+    }
+
+    #[test]
+    fn after_the_peers_close_nothing_more_is_echoed_section_5_5_1() {
+        let mut input = frame(true, OpCode::Text, b"before");
+        input.extend(frame(true, OpCode::Close, &1000u16.to_be_bytes()));
+        input.extend(frame(true, OpCode::Text, b"after"));
+        input.extend(frame(true, OpCode::Ping, b"p"));
+        assert_eq!(run(&input), (vec![Seen::Text(b"before".to_vec()), Seen::Close(Some(1000))], None));
+    }
+
+    #[test]
+    fn after_a_server_close_data_is_not_echoed_and_the_peers_close_needs_no_reply_section_5_5_1() {
+        let mut h = StreamHarness::new(Config::default());
+        let close = h.session.initiate_close(1001, "going away").unwrap();
+        assert_eq!(&close.as_bytes()[2..4], &1001u16.to_be_bytes());
+        assert!(h.session.initiate_close(1001, "again").is_none());
+        let mut input = frame(true, OpCode::Text, b"late");
+        input.extend(frame(true, OpCode::Ping, b"p"));
+        input.extend(frame(true, OpCode::Close, &1001u16.to_be_bytes()));
+        h.feed(&input).unwrap();
+        assert!(h.out.is_empty(), "{:?}", h.out);
+        assert!(h.closed);
+    }
+
+    #[test]
+    fn unmasked_frame_gets_1002_section_5_1() {
+        let (seen, err) = run(&[0x81, 0x02, b'h', b'i']);
+        assert_eq!((seen, err), (vec![Seen::Close(Some(1002))], Some(Error::UnmaskedFrame)));
+    }
+
+    #[test]
+    fn a_frame_split_across_reads_is_echoed_as_complete_fragments() {
+        let payload: Vec<u8> = (0..5000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let input = frame(true, OpCode::Text, &payload);
+        let mut h = StreamHarness::new(Config::default());
+        for piece in input.chunks(777) {
+            h.feed(piece).unwrap();
+        }
+        assert_eq!(decode(&h.out), vec![Seen::Text(payload)]);
+        // Every server frame so far was complete: a control frame could go next.
+        assert!(!h.session.expects_payload());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Msg {
+        Text(String, usize),
+        Binary(Vec<u8>, usize),
+        Ping(Vec<u8>),
+    }
+
+    fn msg() -> impl Strategy<Value = Msg> {
+        prop_oneof![
+            (".{0,300}", 1usize..4).prop_map(|(s, f)| Msg::Text(s, f)),
+            (proptest::collection::vec(any::<u8>(), 0..3000), 1usize..4).prop_map(|(b, f)| Msg::Binary(b, f)),
+            proptest::collection::vec(any::<u8>(), 0..=125).prop_map(Msg::Ping),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the fragmentation on the way in and however the stream is
+        /// cut into reads, the client gets back exactly its messages.
+        #[test]
+        fn any_messages_split_anywhere_are_echoed_exactly(
+            msgs in proptest::collection::vec(msg(), 1..8),
+            sizes in proptest::collection::vec(1usize..700, 1..6),
+        ) {
+            let mut input = Vec::new();
+            let mut expected = Vec::new();
+            for m in &msgs {
+                let (op, data, frags) = match m {
+                    Msg::Text(s, f) => (OpCode::Text, s.as_bytes().to_vec(), *f),
+                    Msg::Binary(b, f) => (OpCode::Binary, b.clone(), *f),
+                    Msg::Ping(p) => {
+                        input.extend(frame(true, OpCode::Ping, p));
+                        expected.push(Seen::Pong(p.clone()));
+                        continue;
+                    }
+                };
+                // Cut anywhere, code points included: §5.4 allows it.
+                let step = data.len().div_ceil(frags).max(1);
+                let pieces: Vec<&[u8]> = if data.is_empty() { vec![&[][..]] } else { data.chunks(step).collect() };
+                for (i, p) in pieces.iter().enumerate() {
+                    let o = if i == 0 { op } else { OpCode::Continuation };
+                    input.extend(frame(i + 1 == pieces.len(), o, p));
+                }
+                expected.push(if op == OpCode::Text { Seen::Text(data) } else { Seen::Binary(data) });
+            }
+            prop_assert_eq!(run_split(&input, &sizes), (expected, None));
+        }
+    }
+}
