@@ -3,4 +3,5 @@
 
 pub mod error;
 pub mod mask;
+pub mod utf8;
 pub use error::{close_code, Disposition, Error};
