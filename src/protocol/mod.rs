@@ -1,8 +1,8 @@
 //! The sans-IO RFC 6455 core: byte slices in, decisions out. Nothing here
 //! touches a socket, a runtime or the allocator on the frame path.
 
-pub mod error;
 pub mod close;
+pub mod error;
 pub mod frame;
 pub mod mask;
 pub mod message;
