@@ -2,4 +2,5 @@
 //! touches a socket, a runtime or the allocator on the frame path.
 
 pub mod error;
+pub mod handshake;
 pub use error::{close_code, Disposition, Error};
