@@ -2,5 +2,7 @@
 //! touches a socket, a runtime or the allocator on the frame path.
 
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod handshake;
 pub use error::{close_code, Disposition, Error};
