@@ -4,6 +4,9 @@
 pub mod close;
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz_entry;
+pub mod handshake;
 pub mod mask;
 pub mod message;
 pub mod utf8;
