@@ -1,1 +1,378 @@
-fn main(){}
+//! ringecho's command line and start-up: parse flags, raise the descriptor
+//! limit, start the shards, and turn SIGINT/SIGTERM into a graceful stop.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use ringecho::server::{self, Config, Server};
+
+const HELP: &str = "\
+ringecho — a WebSocket (RFC 6455) echo server on io_uring
+
+USAGE:
+    ringecho [OPTIONS]
+
+Every text and binary message a client sends is echoed back; GET / serves a
+test page that connects, sends \"WebSocket rocks\" and shows the echo.
+
+OPTIONS (defaults are safe on the open internet):
+    --listen ADDR:PORT         Address to listen on [default: 127.0.0.1:9001].
+                               Use 0.0.0.0:9001 (or [::]:9001) for all interfaces.
+    --threads N                Shards: threads, each with its own io_uring and
+                               SO_REUSEPORT listener [default: available cores]
+    --pin                      Pin shard i to the i-th CPU the process may use
+    --max-message-size SIZE    Largest message, summed over its fragments; larger
+                               ones are refused at the frame header with close
+                               1009 [default: 16MiB]
+    --max-header-bytes SIZE    Largest handshake header block; larger gets
+                               431 [default: 8KiB]
+    --handshake-timeout DUR    Time a client has to complete the opening
+                               handshake (stops slowloris) [default: 10s]
+    --idle-timeout DUR         Silence after which the server pings; if another
+                               period passes without a byte, it closes (1001).
+                               0 disables [default: 60s]
+    --close-timeout DUR        Time a peer has to answer our close, or to hang up
+                               after a protocol error, before the socket is
+                               cut [default: 5s]
+    --drain-timeout DUR        On SIGINT/SIGTERM: time to wait for close
+                               handshakes after sending 1001 [default: 10s]
+    --max-connections N        Open connections per shard; beyond it new ones are
+                               accepted and closed at once [default: 100000]
+    --max-output SIZE          Unsent output per connection before the server
+                               stops reading from it (backpressure: a client
+                               that does not read cannot grow memory)
+                               [default: 256KiB]
+    --read-buffer SIZE         Largest read buffer per connection; buffers start
+                               at 4KiB and grow for bulk traffic [default: 64KiB]
+    --subprotocol NAME         A subprotocol the server may select (repeatable);
+                               the first one the client offers that is listed is
+                               chosen. None by default.
+    --ring-entries N           Submission queue entries per io_uring [default: 1024]
+    --no-ring-tuning           Do not ask for COOP_TASKRUN/SINGLE_ISSUER rings
+    -h, --help                 Print this help
+    -V, --version              Print the version
+
+SIZE takes an optional suffix: K/KiB, M/MiB, G/GiB (powers of 1024).
+DUR takes ms, s or m (plain numbers are seconds).
+
+Extensions such as permessage-deflate are declined. On SIGINT or SIGTERM the
+server stops accepting, sends close 1001 to every connection, waits up to the
+drain timeout and exits 0; a second signal exits at once.
+";
+
+fn main() -> ExitCode {
+    let config = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(config)) => config,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("ringecho: {msg}\n\nRun 'ringecho --help' for the options.");
+            return ExitCode::from(2);
+        }
+    };
+    let fd_limit = match server::raise_fd_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("ringecho: cannot read the descriptor limit: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Block the stop signals before the shards start, so every thread
+    // inherits the mask and only this one receives them (via sigtimedwait).
+    let signals = stop_signals();
+    // SAFETY: `signals` is an initialised sigset_t on this frame; passing a
+    // null old-set pointer is allowed.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut());
+    }
+    let drain = config.drain_timeout;
+    let server = match Server::start(config.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringecho: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = server.local_addr();
+    let page_host = if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    // Three descriptors per shard (listener, ring, eventfd) plus stdio.
+    let capacity = fd_limit.saturating_sub(3 * server.shards() as u64 + 16);
+    println!(
+        "ringecho listening on ws://{addr}/ with {} shard(s)",
+        server.shards()
+    );
+    println!("test page: http://{page_host}/   health: http://{page_host}/healthz");
+    println!(
+        "connection capacity: {capacity} (RLIMIT_NOFILE {fd_limit}; at most {} per shard)",
+        config.max_connections_per_shard
+    );
+
+    let mut stopping = false;
+    loop {
+        if server.is_finished() {
+            break;
+        }
+        match wait_signal(&signals, Duration::from_millis(200)) {
+            Some(sig) if stopping => {
+                eprintln!("ringecho: signal {sig} again, exiting now");
+                return ExitCode::from(130);
+            }
+            Some(_) => {
+                println!("shutting down: closing connections with 1001, waiting up to {drain:?}");
+                server.begin_shutdown();
+                stopping = true;
+            }
+            None => {}
+        }
+    }
+    let s = server.stats();
+    println!(
+        "stopped: {} connections accepted, {} upgraded, {} protocol errors, {} timed out",
+        s.accepted, s.upgraded, s.protocol_errors, s.timed_out
+    );
+    server.stop();
+    ExitCode::SUCCESS
+}
+
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the zeroed set; sigaddset adds valid
+    // signal numbers to it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}
+
+/// Wait up to `timeout` for one of the blocked stop signals.
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `set` and `ts` are valid for the call; a null siginfo pointer
+    // is allowed.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (sig > 0).then_some(sig)
+}
+
+/// Parse the command line; `Ok(None)` when help or version was printed.
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, String> {
+    let mut c = Config::default();
+    let mut subprotocols = Vec::new();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return Ok(None);
+            }
+            "-V" | "--version" => {
+                println!("ringecho {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            "--listen" => {
+                let v = value("--listen")?;
+                c.listen = v.parse().map_err(|_| {
+                    format!("--listen: '{v}' is not ADDR:PORT (e.g. 127.0.0.1:9001, [::]:9001)")
+                })?;
+            }
+            "--threads" => c.threads = count("--threads", &value("--threads")?, 1, 1024)?,
+            "--pin" => c.pin = true,
+            "--max-message-size" => {
+                c.max_message_size = size("--max-message-size", &value("--max-message-size")?)?
+            }
+            "--max-header-bytes" => {
+                c.max_header_bytes = size("--max-header-bytes", &value("--max-header-bytes")?)?
+                    .clamp(256, 1 << 20) as usize
+            }
+            "--handshake-timeout" => {
+                c.handshake_timeout =
+                    duration("--handshake-timeout", &value("--handshake-timeout")?, false)?
+            }
+            "--idle-timeout" => {
+                c.idle_timeout = duration("--idle-timeout", &value("--idle-timeout")?, true)?
+            }
+            "--close-timeout" => {
+                c.close_timeout = duration("--close-timeout", &value("--close-timeout")?, false)?
+            }
+            "--drain-timeout" => {
+                c.drain_timeout = duration("--drain-timeout", &value("--drain-timeout")?, true)?
+            }
+            "--max-connections" => {
+                c.max_connections_per_shard = count(
+                    "--max-connections",
+                    &value("--max-connections")?,
+                    1,
+                    usize::MAX,
+                )?
+            }
+            "--max-output" => {
+                c.max_output_bytes = size("--max-output", &value("--max-output")?)?.max(1) as usize
+            }
+            "--read-buffer" => {
+                let max =
+                    size("--read-buffer", &value("--read-buffer")?)?.clamp(1024, 16 << 20) as usize;
+                c.read_sizing.max = max;
+                c.read_sizing.min = c.read_sizing.min.min(max);
+            }
+            "--subprotocol" => {
+                let v = value("--subprotocol")?;
+                if v.is_empty()
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+                {
+                    return Err(format!("--subprotocol: '{v}' is not an HTTP token"));
+                }
+                subprotocols.push(v);
+            }
+            "--ring-entries" => {
+                c.ring_entries =
+                    count("--ring-entries", &value("--ring-entries")?, 8, 32768)? as u32
+            }
+            "--no-ring-tuning" => c.ring_tuning = false,
+            other => return Err(format!("unknown option '{other}'")),
+        }
+    }
+    c.subprotocols = subprotocols;
+    Ok(Some(c))
+}
+
+fn count(name: &str, v: &str, min: usize, max: usize) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{name}: '{v}' is not a whole number from {min} to {max}"
+        )),
+    }
+}
+
+fn size(name: &str, v: &str) -> Result<u64, String> {
+    let t = v.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{name}: '{v}' is not a size (e.g. 65536, 64KiB, 16MiB)"
+            ))
+        }
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{name}: '{v}' is not a size (e.g. 65536, 64KiB, 16MiB)"))
+}
+
+fn duration(name: &str, v: &str, zero_ok: bool) -> Result<Duration, String> {
+    let t = v.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let secs: f64 = num
+        .parse()
+        .map_err(|_| format!("{name}: '{v}' is not a duration (e.g. 10, 10s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "" | "s" => secs,
+        "ms" => secs / 1000.0,
+        "m" => secs * 60.0,
+        _ => {
+            return Err(format!(
+                "{name}: '{v}' is not a duration (e.g. 10, 10s, 500ms, 2m)"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs > 86_400.0 * 365.0 || (secs == 0.0 && !zero_ok) {
+        return Err(format!("{name}: '{v}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Config>, String> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn every_flag_in_the_parser_is_documented_in_help() {
+        let src = include_str!("main.rs");
+        let parser = src.split("fn parse_args").nth(1).unwrap();
+        for flag in parser.split('"').filter(|s| s.starts_with("--")) {
+            assert!(HELP.contains(flag), "{flag} is not in --help");
+        }
+    }
+
+    #[test]
+    fn flags_parse_into_the_config() {
+        let c = parse(&[
+            "--listen",
+            "0.0.0.0:9100",
+            "--threads=3",
+            "--max-message-size",
+            "1MiB",
+            "--idle-timeout",
+            "0",
+            "--handshake-timeout",
+            "500ms",
+            "--subprotocol",
+            "chat",
+            "--subprotocol",
+            "echo",
+            "--pin",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.threads, 3);
+        assert_eq!(c.max_message_size, 1 << 20);
+        assert!(c.idle_timeout.is_zero());
+        assert_eq!(c.handshake_timeout, Duration::from_millis(500));
+        assert_eq!(c.subprotocols, vec!["chat", "echo"]);
+        assert!(c.pin);
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        assert!(parse(&["--threads", "0"])
+            .unwrap_err()
+            .contains("--threads"));
+        assert!(parse(&["--listen", "nowhere"])
+            .unwrap_err()
+            .contains("ADDR:PORT"));
+        assert!(parse(&["--max-output", "12XB"])
+            .unwrap_err()
+            .contains("size"));
+        assert!(parse(&["--handshake-timeout", "0"])
+            .unwrap_err()
+            .contains("range"));
+        assert!(parse(&["--bogus"]).unwrap_err().contains("unknown option"));
+        assert!(parse(&["--subprotocol", "a b"])
+            .unwrap_err()
+            .contains("token"));
+        assert!(parse(&["--listen"]).unwrap_err().contains("needs a value"));
+    }
+}

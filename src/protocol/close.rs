@@ -36,17 +36,24 @@ mod tests {
     fn close_code_validity_follows_section_7_4() {
         let valid: Vec<u16> = (0..=u16::MAX).filter(|&c| is_valid_close_code(c)).collect();
         assert_eq!(valid.len(), 4 + 5 + 2000);
-        for c in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999] {
+        for c in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+        ] {
             assert!(is_valid_close_code(c), "{c}");
         }
-        for c in [0, 999, 1004, 1005, 1006, 1012, 1013, 1014, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        for c in [
+            0, 999, 1004, 1005, 1006, 1012, 1013, 1014, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
             assert!(!is_valid_close_code(c), "{c}");
         }
     }
 
     #[test]
     fn close_code_1005_on_the_wire_is_a_protocol_error_section_7_4_1() {
-        assert_eq!(parse_close_payload(&[0x03, 0xED]), Err(Error::InvalidCloseCode(1005)));
+        assert_eq!(
+            parse_close_payload(&[0x03, 0xED]),
+            Err(Error::InvalidCloseCode(1005))
+        );
     }
 
     #[test]
@@ -65,7 +72,13 @@ mod tests {
 
     #[test]
     fn close_reason_must_be_utf8_section_5_5_1() {
-        assert_eq!(parse_close_payload(&[0x03, 0xE8, 0xCE, 0xBA, 0xE1]), Err(Error::InvalidUtf8));
-        assert_eq!(parse_close_payload(&[0x03, 0xE8, 0xFF]), Err(Error::InvalidUtf8));
+        assert_eq!(
+            parse_close_payload(&[0x03, 0xE8, 0xCE, 0xBA, 0xE1]),
+            Err(Error::InvalidUtf8)
+        );
+        assert_eq!(
+            parse_close_payload(&[0x03, 0xE8, 0xFF]),
+            Err(Error::InvalidUtf8)
+        );
     }
 }

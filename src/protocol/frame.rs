@@ -244,7 +244,9 @@ impl ControlFrame {
 
 impl std::fmt::Debug for ControlFrame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("ControlFrame").field(&self.as_bytes()).finish()
+        f.debug_tuple("ControlFrame")
+            .field(&self.as_bytes())
+            .finish()
     }
 }
 
@@ -320,7 +322,9 @@ mod tests {
     fn control_frame_over_125_bytes_is_refused_at_the_second_byte_section_5_5() {
         assert_eq!(hdr(&[0x89, 0x80 | 126]), Err(Error::ControlFrameTooLong));
         assert_eq!(hdr(&[0x88, 0x80 | 127]), Err(Error::ControlFrameTooLong));
-        assert!(hdr(&masked(true, OpCode::Ping, &[7; 125])).unwrap().is_some());
+        assert!(hdr(&masked(true, OpCode::Ping, &[7; 125]))
+            .unwrap()
+            .is_some());
     }
 
     #[test]
@@ -339,17 +343,30 @@ mod tests {
         let mut out = [0u8; MAX_SERVER_HEADER];
         assert_eq!(encode_server_header(true, OpCode::Text, 5, &mut out), 2);
         assert_eq!(&out[..2], &[0x81, 5]);
-        assert_eq!(encode_server_header(false, OpCode::Binary, 126, &mut out), 4);
+        assert_eq!(
+            encode_server_header(false, OpCode::Binary, 126, &mut out),
+            4
+        );
         assert_eq!(&out[..4], &[0x02, 126, 0, 126]);
-        assert_eq!(encode_server_header(true, OpCode::Continuation, 65536, &mut out), 10);
+        assert_eq!(
+            encode_server_header(true, OpCode::Continuation, 65536, &mut out),
+            10
+        );
         assert_eq!(&out[..10], &[0x80, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
         for len in [0u64, 125, 126, 65535, 65536, 1 << 40] {
-            assert_eq!(server_header_len(len), encode_server_header(true, OpCode::Binary, len, &mut out));
+            assert_eq!(
+                server_header_len(len),
+                encode_server_header(true, OpCode::Binary, len, &mut out)
+            );
             // The in-place echo relies on this: a server header is exactly 4 bytes
             // (the masking key) shorter than the client header for the same length.
             let mut c = Vec::new();
             encode_client_frame(true, OpCode::Binary, [0; 4], &[], &mut c);
-            let client = match len { 0..=125 => 6, 126..=65535 => 8, _ => 14 };
+            let client = match len {
+                0..=125 => 6,
+                126..=65535 => 8,
+                _ => 14,
+            };
             assert_eq!(server_header_len(len) + 4, client);
         }
     }
@@ -358,10 +375,16 @@ mod tests {
     fn control_frames_are_built_inline_section_5_5() {
         assert_eq!(ControlFrame::pong(b"hi").as_bytes(), &[0x8A, 2, b'h', b'i']);
         assert_eq!(ControlFrame::close(None, "ignored").as_bytes(), &[0x88, 0]);
-        assert_eq!(ControlFrame::close(Some(1001), "bye").as_bytes(), &[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);
+        assert_eq!(
+            ControlFrame::close(Some(1001), "bye").as_bytes(),
+            &[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']
+        );
         let long = "é".repeat(100);
         let c = ControlFrame::close(Some(1000), &long);
         assert!(c.as_bytes().len() <= 127);
-        assert!(std::str::from_utf8(&c.as_bytes()[4..]).is_ok(), "reason cut at a char boundary");
+        assert!(
+            std::str::from_utf8(&c.as_bytes()[4..]).is_ok(),
+            "reason cut at a char boundary"
+        );
     }
 }

@@ -182,10 +182,12 @@ impl Session {
     }
 
     fn step_inner(&mut self, buf: &mut [u8], pos: usize) -> Result<Step, Error> {
-        let need_more = |next| Ok(Step {
-            next,
-            event: Event::NeedMore,
-        });
+        let need_more = |next| {
+            Ok(Step {
+                next,
+                event: Event::NeedMore,
+            })
+        };
         let Some(input) = buf.get(pos..) else {
             return need_more(buf.len());
         };
@@ -344,7 +346,11 @@ impl Session {
 /// Run `input` through `session` as one buffer and append everything the
 /// server would send to `out`. For tests, fuzzing and benchmarks; the server
 /// sends the ranges in place instead.
-pub fn echo_all(session: &mut Session, input: &mut [u8], out: &mut Vec<u8>) -> Result<usize, Error> {
+pub fn echo_all(
+    session: &mut Session,
+    input: &mut [u8],
+    out: &mut Vec<u8>,
+) -> Result<usize, Error> {
     let mut pos = 0;
     loop {
         let Step { next, event } = session.step(input, pos)?;
@@ -491,7 +497,10 @@ mod tests {
             assert_eq!(b0 & 0x70, 0, "no RSV bits");
             let (len, at) = match b1 & 0x7F {
                 126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
-                127 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize, 10),
+                127 => (
+                    u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
                 n => (n as usize, 2),
             };
             assert_eq!(at, server_header_len(len as u64), "minimal length encoding");
@@ -508,12 +517,19 @@ mod tests {
                     assert!(partial.is_none(), "new message inside a fragmented one");
                     partial = Some((op, payload));
                 }
-                OpCode::Continuation => partial.as_mut().expect("continuation without start").1.extend(payload),
+                OpCode::Continuation => partial
+                    .as_mut()
+                    .expect("continuation without start")
+                    .1
+                    .extend(payload),
             }
             if fin && matches!(b0 & 0xF, 0 | 1 | 2) {
                 let (op, data) = partial.take().unwrap();
                 seen.push(if op == OpCode::Text {
-                    assert!(std::str::from_utf8(&data).is_ok(), "server sent invalid UTF-8");
+                    assert!(
+                        std::str::from_utf8(&data).is_ok(),
+                        "server sent invalid UTF-8"
+                    );
                     Seen::Text(data)
                 } else {
                     Seen::Binary(data)
@@ -521,7 +537,9 @@ mod tests {
             }
         }
         // A failed connection may leave its echo open; the close says why.
-        assert!(partial.is_none() || matches!(seen.last(), Some(Seen::Close(Some(c))) if *c != 1000));
+        assert!(
+            partial.is_none() || matches!(seen.last(), Some(Seen::Close(Some(c))) if *c != 1000)
+        );
         seen
     }
 
@@ -558,7 +576,11 @@ mod tests {
             let bin: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
             let mut input = frame(true, OpCode::Text, &text);
             input.extend(frame(true, OpCode::Binary, &bin));
-            assert_eq!(run(&input), (vec![Seen::Text(text), Seen::Binary(bin)], None), "len {len}");
+            assert_eq!(
+                run(&input),
+                (vec![Seen::Text(text), Seen::Binary(bin)], None),
+                "len {len}"
+            );
         }
     }
 
@@ -595,14 +617,20 @@ mod tests {
         input.extend(frame(true, OpCode::Continuation, b"llo"));
         let (seen, err) = run(&input);
         assert_eq!(err, None);
-        assert_eq!(seen, vec![Seen::Pong(b"p1".to_vec()), Seen::Text(b"hello".to_vec())]);
+        assert_eq!(
+            seen,
+            vec![Seen::Pong(b"p1".to_vec()), Seen::Text(b"hello".to_vec())]
+        );
     }
 
     #[test]
     fn ping_gets_a_pong_with_the_same_payload_section_5_5_2() {
         for len in [0usize, 1, 125] {
             let payload: Vec<u8> = (0..len as u8).collect();
-            assert_eq!(run(&frame(true, OpCode::Ping, &payload)), (vec![Seen::Pong(payload)], None));
+            assert_eq!(
+                run(&frame(true, OpCode::Ping, &payload)),
+                (vec![Seen::Pong(payload)], None)
+            );
         }
     }
 
@@ -629,24 +657,39 @@ mod tests {
         for code in [1000u16, 1001, 1003, 1007, 1011, 3000, 4999] {
             let mut p = code.to_be_bytes().to_vec();
             p.extend_from_slice(b"bye");
-            assert_eq!(run(&frame(true, OpCode::Close, &p)), (vec![Seen::Close(Some(code))], None));
+            assert_eq!(
+                run(&frame(true, OpCode::Close, &p)),
+                (vec![Seen::Close(Some(code))], None)
+            );
         }
-        assert_eq!(run(&frame(true, OpCode::Close, &[])), (vec![Seen::Close(None)], None));
+        assert_eq!(
+            run(&frame(true, OpCode::Close, &[])),
+            (vec![Seen::Close(None)], None)
+        );
         for code in [0u16, 999, 1004, 1005, 1006, 1012, 1015, 2999, 5000] {
             let (seen, err) = run(&frame(true, OpCode::Close, &code.to_be_bytes()));
             assert_eq!(err, Some(Error::InvalidCloseCode(code)));
             assert_eq!(seen, vec![Seen::Close(Some(1002))]);
         }
         let (seen, err) = run(&frame(true, OpCode::Close, &[3]));
-        assert_eq!((seen, err), (vec![Seen::Close(Some(1002))], Some(Error::CloseTooShort)));
+        assert_eq!(
+            (seen, err),
+            (vec![Seen::Close(Some(1002))], Some(Error::CloseTooShort))
+        );
     }
 
     #[test]
     fn invalid_utf8_in_text_or_close_reason_is_1007_section_8_1() {
         let (seen, err) = run(&frame(true, OpCode::Text, b"ok\xFFok"));
-        assert_eq!((seen, err), (vec![Seen::Close(Some(1007))], Some(Error::InvalidUtf8)));
+        assert_eq!(
+            (seen, err),
+            (vec![Seen::Close(Some(1007))], Some(Error::InvalidUtf8))
+        );
         let (seen, err) = run(&frame(true, OpCode::Close, b"\x03\xE8\xC3"));
-        assert_eq!((seen, err), (vec![Seen::Close(Some(1007))], Some(Error::InvalidUtf8)));
+        assert_eq!(
+            (seen, err),
+            (vec![Seen::Close(Some(1007))], Some(Error::InvalidUtf8))
+        );
         // Truncated code point at the end of the message.
         let (_, err) = run(&frame(true, OpCode::Text, "é".as_bytes().get(..1).unwrap()));
         assert_eq!(err, Some(Error::InvalidUtf8));
@@ -672,14 +715,21 @@ mod tests {
         hdr.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
         hdr.extend_from_slice(&[1, 2, 3, 4]);
         assert_eq!(s.step(&mut hdr, 0).unwrap_err(), Error::MessageTooBig);
-        assert_eq!(s.fail(Error::MessageTooBig).unwrap().as_bytes()[2..4], 1009u16.to_be_bytes());
+        assert_eq!(
+            s.fail(Error::MessageTooBig).unwrap().as_bytes()[2..4],
+            1009u16.to_be_bytes()
+        );
     }
 
     #[test]
     fn fragmented_message_growing_past_the_limit_is_1009_section_7_4_1() {
         let mut input = Vec::new();
         for _ in 0..3 {
-            input.extend(frame(false, OpCode::Binary.min_for_test(input.is_empty()), &[0; 400_000]));
+            input.extend(frame(
+                false,
+                OpCode::Binary.min_for_test(input.is_empty()),
+                &[0; 400_000],
+            ));
         }
         let (seen, err) = run(&input);
         assert_eq!(err, Some(Error::MessageTooBig));
@@ -689,7 +739,11 @@ mod tests {
 
     impl OpCode {
         fn min_for_test(self, first: bool) -> OpCode {
-            if first { self } else { OpCode::Continuation }
+            if first {
+                self
+            } else {
+                OpCode::Continuation
+            }
         }
     }
 
@@ -699,7 +753,13 @@ mod tests {
         input.extend(frame(true, OpCode::Close, &1000u16.to_be_bytes()));
         input.extend(frame(true, OpCode::Text, b"after"));
         input.extend(frame(true, OpCode::Ping, b"p"));
-        assert_eq!(run(&input), (vec![Seen::Text(b"before".to_vec()), Seen::Close(Some(1000))], None));
+        assert_eq!(
+            run(&input),
+            (
+                vec![Seen::Text(b"before".to_vec()), Seen::Close(Some(1000))],
+                None
+            )
+        );
     }
 
     #[test]
@@ -719,7 +779,10 @@ mod tests {
     #[test]
     fn unmasked_frame_gets_1002_section_5_1() {
         let (seen, err) = run(&[0x81, 0x02, b'h', b'i']);
-        assert_eq!((seen, err), (vec![Seen::Close(Some(1002))], Some(Error::UnmaskedFrame)));
+        assert_eq!(
+            (seen, err),
+            (vec![Seen::Close(Some(1002))], Some(Error::UnmaskedFrame))
+        );
     }
 
     #[test]
@@ -745,7 +808,8 @@ mod tests {
     fn msg() -> impl Strategy<Value = Msg> {
         prop_oneof![
             (".{0,300}", 1usize..4).prop_map(|(s, f)| Msg::Text(s, f)),
-            (proptest::collection::vec(any::<u8>(), 0..3000), 1usize..4).prop_map(|(b, f)| Msg::Binary(b, f)),
+            (proptest::collection::vec(any::<u8>(), 0..3000), 1usize..4)
+                .prop_map(|(b, f)| Msg::Binary(b, f)),
             proptest::collection::vec(any::<u8>(), 0..=125).prop_map(Msg::Ping),
         ]
     }

@@ -1,0 +1,285 @@
+//! The io_uring shell around the protocol core: shards, accept, the
+//! per-connection loop, buffers, timers and shutdown. Every protocol
+//! decision is the core's (`crate::protocol`); this module moves bytes.
+
+mod buffers;
+mod conn;
+pub mod http;
+mod shard;
+pub mod stats;
+pub mod uring;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
+
+pub use buffers::ReadSizing;
+use stats::{ShardStats, Snapshot};
+
+/// Everything an operator can tune. `Default` is safe on the open internet.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Shards (threads, rings, listeners).
+    pub threads: usize,
+    /// Pin shard i to the i-th CPU this process may run on.
+    pub pin: bool,
+    /// Largest message, summed over fragments (1009 beyond).
+    pub max_message_size: u64,
+    /// Largest handshake header block (431 beyond).
+    pub max_header_bytes: usize,
+    /// Time allowed to complete the opening handshake.
+    pub handshake_timeout: Duration,
+    /// Silence after which the server pings; as long again without a byte
+    /// from the peer and the connection is closed. Zero disables.
+    pub idle_timeout: Duration,
+    /// Time the peer has to answer our close (or to go away after a
+    /// protocol error) before the socket is cut.
+    pub close_timeout: Duration,
+    /// Graceful-shutdown wait for close handshakes.
+    pub drain_timeout: Duration,
+    pub max_connections_per_shard: usize,
+    /// Unsent output per connection before it stops reading (backpressure).
+    pub max_output_bytes: usize,
+    pub read_sizing: ReadSizing,
+    /// Subprotocols the server may select, in no particular order.
+    pub subprotocols: Vec<String>,
+    /// Submission queue entries per ring.
+    pub ring_entries: u32,
+    /// Ask for COOP_TASKRUN and SINGLE_ISSUER rings.
+    pub ring_tuning: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin: false,
+            max_message_size: crate::protocol::message::DEFAULT_MAX_MESSAGE_SIZE,
+            max_header_bytes: crate::protocol::handshake::DEFAULT_MAX_HEADER_BYTES,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            close_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+            max_connections_per_shard: 100_000,
+            max_output_bytes: 256 * 1024,
+            read_sizing: ReadSizing {
+                min: 4 * 1024,
+                max: 64 * 1024,
+            },
+            subprotocols: Vec::new(),
+            ring_entries: 1024,
+            ring_tuning: true,
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// io_uring is unavailable; the message says why and what to do.
+    Uring(String),
+    Bind(SocketAddr, io::Error),
+    Thread(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Uring(msg) => f.write_str(msg),
+            StartError::Bind(addr, e) => {
+                let hint = match e.kind() {
+                    io::ErrorKind::AddrInUse => {
+                        " (another process is listening there; pick another --listen port)"
+                    }
+                    io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges)",
+                    io::ErrorKind::AddrNotAvailable => " (no local interface has that address)",
+                    _ => "",
+                };
+                write!(f, "cannot listen on {addr}: {e}{hint}")
+            }
+            StartError::Thread(e) => write!(f, "cannot start a shard thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running server.
+pub struct Server {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+    stats: Vec<Arc<ShardStats>>,
+}
+
+impl Server {
+    /// Bind every shard's listener and start the shards.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        uring::probe(&config).map_err(StartError::Uring)?;
+        let threads = config.threads.max(1);
+        let first =
+            reuseport_listener(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
+        // Port 0 means "any": the other shards join the port the first got.
+        let local_addr = first
+            .local_addr()
+            .map_err(|e| StartError::Bind(config.listen, e))?;
+        let mut listeners = vec![first];
+        for _ in 1..threads {
+            listeners
+                .push(reuseport_listener(local_addr).map_err(|e| StartError::Bind(local_addr, e))?);
+        }
+        let cpus = if config.pin {
+            allowed_cpus()
+        } else {
+            Vec::new()
+        };
+        let config = Arc::new(Config { threads, ..config });
+        let (shutdown, rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut server = Server {
+            local_addr,
+            shutdown,
+            threads: Vec::new(),
+            stats: Vec::new(),
+        };
+        for (id, listener) in listeners.into_iter().enumerate() {
+            let stats = Arc::new(ShardStats::default());
+            server.stats.push(stats.clone());
+            let (cfg, rx, ready) = (config.clone(), rx.clone(), ready_tx.clone());
+            let cpu = cpus.get(id % cpus.len().max(1)).copied();
+            let handle = std::thread::Builder::new()
+                .name(format!("ringecho-shard-{id}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        pin_to(cpu);
+                    }
+                    shard::run(id, cfg, listener, stats, rx, ready);
+                })
+                .map_err(StartError::Thread)?;
+            server.threads.push(handle);
+        }
+        drop(ready_tx);
+        for _ in 0..threads {
+            match ready_rx.recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(msg)) => {
+                    server.stop();
+                    return Err(StartError::Uring(msg));
+                }
+                Err(_) => {
+                    server.stop();
+                    return Err(StartError::Uring(
+                        "cannot start: a shard exited during start-up".into(),
+                    ));
+                }
+            }
+        }
+        Ok(server)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn shards(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Counters summed over shards.
+    pub fn stats(&self) -> Snapshot {
+        self.stats
+            .iter()
+            .map(|s| s.snapshot())
+            .fold(Snapshot::default(), |a, b| a + b)
+    }
+
+    /// Each shard's counters.
+    pub fn shard_stats(&self) -> Vec<Snapshot> {
+        self.stats.iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// Begin a graceful shutdown: stop accepting, close 1001 to everyone.
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// True once every shard has finished.
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
+
+    /// Shut down gracefully and wait for every shard.
+    pub fn stop(mut self) {
+        self.begin_shutdown();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A listener that shares its address with the other shards' (SO_REUSEPORT):
+/// the kernel hashes each new connection to one of them.
+fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// CPUs this process may run on, in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data, valid when zeroed; sched_getaffinity
+    // writes at most size_of::<cpu_set_t>() bytes into it, and CPU_ISSET
+    // reads within it for every index below CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: as above; CPU_SET writes within the zeroed set for any index
+    // below CPU_SETSIZE, which `allowed_cpus` guarantees.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Raise RLIMIT_NOFILE's soft limit to its hard limit (each connection is a
+/// descriptor) and return the new soft limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    // SAFETY: getrlimit/setrlimit read and write one plain rlimit struct
+    // that lives on this stack frame for the duration of each call.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+        Ok(lim.rlim_cur)
+    }
+}

@@ -1,0 +1,89 @@
+//! Per-shard counters. Each shard writes only its own (one writer, so the
+//! cache line stays with that core); readers sum them when asked.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A counter written by one shard thread and read by anyone.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        // Single writer: a load and a store avoid a locked read-modify-write.
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+    pub fn incr(&self) {
+        self.add(1);
+    }
+    pub fn sub(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_sub(n),
+            Ordering::Relaxed,
+        );
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+macro_rules! stats {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// One shard's counters, padded so shards never share a cache line.
+        #[derive(Debug, Default)]
+        #[repr(align(128))]
+        pub struct ShardStats { $($(#[$doc])* pub $name: Counter,)* }
+
+        /// A point-in-time sum (or one shard's values).
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct Snapshot { $($(#[$doc])* pub $name: u64,)* }
+
+        impl ShardStats {
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot { $($name: self.$name.get(),)* }
+            }
+        }
+
+        impl std::ops::Add for Snapshot {
+            type Output = Snapshot;
+            fn add(self, o: Snapshot) -> Snapshot {
+                Snapshot { $($name: self.$name + o.$name,)* }
+            }
+        }
+    };
+}
+
+stats! {
+    /// Connections accepted.
+    accepted,
+    /// Connections open now.
+    active,
+    /// Connections refused because the shard was at its limit.
+    rejected,
+    /// accept() failures from descriptor exhaustion (EMFILE/ENFILE), backed off.
+    accept_backoffs,
+    /// Successful WebSocket upgrades.
+    upgraded,
+    /// Plain HTTP requests answered (page, health, 404).
+    http_requests,
+    /// Handshakes refused with a 4xx.
+    handshake_errors,
+    /// Connections failed for a protocol violation (1002/1007/1009).
+    protocol_errors,
+    /// Connections closed by the idle timeout.
+    idle_closed,
+    /// Connections cut by a handshake, close or drain timeout.
+    timed_out,
+    /// Bytes read from sockets.
+    bytes_in,
+    /// Bytes written to sockets.
+    bytes_out,
+    /// Echo bytes queued (headers included), all sent in place.
+    echo_bytes,
+    /// Bytes the shell copied in user space: partial frame headers (and
+    /// partial control frames) carried into a new read allocation. Data
+    /// payload is never copied, so this stays tiny.
+    copied_bytes,
+}
