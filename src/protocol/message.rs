@@ -523,7 +523,7 @@ mod tests {
                     .1
                     .extend(payload),
             }
-            if fin && matches!(b0 & 0xF, 0 | 1 | 2) {
+            if fin && matches!(b0 & 0xF, 0..=2) {
                 let (op, data) = partial.take().unwrap();
                 seen.push(if op == OpCode::Text {
                     assert!(

@@ -133,7 +133,7 @@ async fn handshake(stream: &TcpStream, rb: &mut ReadBuffer, ctx: &ShardCtx) -> b
                 ..
             }) => {
                 ctx.stats.http_requests.incr();
-                http::respond(&req, &mut response);
+                http::respond(&req, &ctx.all_stats, &mut response);
                 None
             }
             Ok(Parsed::Complete {
@@ -233,10 +233,12 @@ async fn echo(stream: &TcpStream, mut rb: ReadBuffer, ctx: &ShardCtx, ctl: &Conn
     }
 
     loop {
-        let reading = matches!(
-            ending,
-            Ending::Running | Ending::ServerClosing | Ending::Failed
-        ) && !(ending == Ending::Failed && !out.close_written());
+        // After a failure, drain input only once our close is out.
+        let reading = match ending {
+            Ending::Running | Ending::ServerClosing => true,
+            Ending::Failed => out.close_written(),
+            Ending::PeerClosed | Ending::Gone => false,
+        };
         // Backpressure: stop reading while the peer is not taking our output.
         if read_op.is_none() && reading && out.queued_bytes() < cfg.max_output_bytes {
             let buf = rb.take_for_read(session.expects_payload(), 0);
@@ -320,14 +322,11 @@ async fn echo(stream: &TcpStream, mut rb: ReadBuffer, ctx: &ShardCtx, ctl: &Conn
                 batch.clear();
                 spare_batch = batch;
                 if n == 0 {
-                    ending = Ending::Gone;
                     break;
                 }
             }
-            Wake::Wrote(Err(_), _) => {
-                ending = Ending::Gone;
-                break;
-            }
+            // The peer is gone: nothing more can be delivered.
+            Wake::Wrote(Err(_), _) => break,
             Wake::Signal(sig) => {
                 if sig & signal::GOING_AWAY != 0 {
                     if let Some(close) =
@@ -359,9 +358,6 @@ async fn echo(stream: &TcpStream, mut rb: ReadBuffer, ctx: &ShardCtx, ctl: &Conn
     if let Some(op) = write_op {
         let _ = op.await;
     }
-    if ending == Ending::Failed {
-        ctx.stats.protocol_errors.incr();
-    }
     ctx.stats.copied_bytes.add(rb.carried);
 }
 
@@ -381,7 +377,10 @@ fn process(
     match result {
         Ok(Flow::Open) => Ending::Running,
         Ok(Flow::PeerClosed) => Ending::PeerClosed,
-        Err(e) => fail(session, out, e),
+        Err(e) => {
+            ctx.stats.protocol_errors.incr();
+            fail(session, out, e)
+        }
     }
 }
 

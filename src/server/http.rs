@@ -1,6 +1,7 @@
 //! Plain HTTP on the WebSocket port: the echo test page, a health check,
-//! and honest errors for everything else. One request per connection.
+//! per-shard counters, and honest errors for everything else. One request per connection.
 
+use super::stats::AllStats;
 use crate::protocol::handshake::{write_response, PlainRequest};
 
 /// The websocket.org echo test page; it connects back to the host it was
@@ -8,7 +9,7 @@ use crate::protocol::handshake::{write_response, PlainRequest};
 pub const ECHO_PAGE: &str = include_str!("echo.html");
 
 /// Answer a request that did not ask for an upgrade.
-pub fn respond(req: &PlainRequest<'_>, out: &mut Vec<u8>) {
+pub fn respond(req: &PlainRequest<'_>, stats: &AllStats, out: &mut Vec<u8>) {
     let head_only = req.method == "HEAD";
     if req.method != "GET" && !head_only {
         return write_response(
@@ -29,6 +30,13 @@ pub fn respond(req: &PlainRequest<'_>, out: &mut Vec<u8>) {
             head_only,
         ),
         "/healthz" => write_response(out, 200, "text/plain; charset=utf-8", b"ok\n", head_only),
+        "/stats" => write_response(
+            out,
+            200,
+            "application/json",
+            stats.to_json().as_bytes(),
+            head_only,
+        ),
         _ => write_response(
             out,
             404,

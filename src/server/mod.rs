@@ -19,7 +19,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 pub use buffers::ReadSizing;
-use stats::{ShardStats, Snapshot};
+use stats::{AllStats, ShardStats, Snapshot};
 
 /// Everything an operator can tune. `Default` is safe on the open internet.
 #[derive(Debug, Clone)]
@@ -116,7 +116,7 @@ pub struct Server {
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
-    stats: Vec<Arc<ShardStats>>,
+    stats: Arc<AllStats>,
 }
 
 impl Server {
@@ -143,16 +143,20 @@ impl Server {
         let config = Arc::new(Config { threads, ..config });
         let (shutdown, rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stats = Arc::new(AllStats(
+            (0..threads)
+                .map(|_| Arc::new(ShardStats::default()))
+                .collect(),
+        ));
         let mut server = Server {
             local_addr,
             shutdown,
             threads: Vec::new(),
-            stats: Vec::new(),
+            stats: stats.clone(),
         };
         for (id, listener) in listeners.into_iter().enumerate() {
-            let stats = Arc::new(ShardStats::default());
-            server.stats.push(stats.clone());
-            let (cfg, rx, ready) = (config.clone(), rx.clone(), ready_tx.clone());
+            let (cfg, rx, ready, stats) =
+                (config.clone(), rx.clone(), ready_tx.clone(), stats.clone());
             let cpu = cpus.get(id % cpus.len().max(1)).copied();
             let handle = std::thread::Builder::new()
                 .name(format!("ringecho-shard-{id}"))
@@ -194,15 +198,12 @@ impl Server {
 
     /// Counters summed over shards.
     pub fn stats(&self) -> Snapshot {
-        self.stats
-            .iter()
-            .map(|s| s.snapshot())
-            .fold(Snapshot::default(), |a, b| a + b)
+        self.stats.total()
     }
 
     /// Each shard's counters.
     pub fn shard_stats(&self) -> Vec<Snapshot> {
-        self.stats.iter().map(|s| s.snapshot()).collect()
+        self.stats.0.iter().map(|s| s.snapshot()).collect()
     }
 
     /// Begin a graceful shutdown: stop accepting, close 1001 to everyone.

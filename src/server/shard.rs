@@ -13,13 +13,14 @@ use tokio::sync::watch;
 use tokio_uring::net::TcpListener;
 
 use super::conn::{self, signal, ConnCtl, Phase};
-use super::stats::ShardStats;
+use super::stats::{AllStats, ShardStats};
 use super::{uring, Config};
 
 /// State every task of a shard shares (single-threaded: `Rc`, `Cell`).
 pub(crate) struct ShardCtx {
     pub cfg: Arc<Config>,
     pub stats: Arc<ShardStats>,
+    pub all_stats: Arc<AllStats>,
     start: Instant,
     /// Coarse clock in ms since start, advanced by the sweep: reading it on
     /// every I/O completion costs nothing.
@@ -95,7 +96,7 @@ pub(crate) fn run(
     id: usize,
     cfg: Arc<Config>,
     listener: std::net::TcpListener,
-    stats: Arc<ShardStats>,
+    all_stats: Arc<AllStats>,
     mut shutdown: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
 ) {
@@ -112,7 +113,8 @@ pub(crate) fn run(
         let listener = TcpListener::from_std(listener);
         let ctx = Rc::new(ShardCtx {
             cfg: cfg.clone(),
-            stats,
+            stats: all_stats.0.get(id).cloned().unwrap_or_default(),
+            all_stats,
             start: Instant::now(),
             now: Cell::new(0),
             conns: RefCell::new(Registry::default()),

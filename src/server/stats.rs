@@ -46,6 +46,19 @@ macro_rules! stats {
             }
         }
 
+        impl Snapshot {
+            /// `{"name":value,...}`: the counters as a JSON object.
+            pub fn to_json(&self) -> String {
+                let mut out = String::from("{");
+                $(
+                    if out.len() > 1 { out.push(','); }
+                    out.push_str(&format!("\"{}\":{}", stringify!($name), self.$name));
+                )*
+                out.push('}');
+                out
+            }
+        }
+
         impl std::ops::Add for Snapshot {
             type Output = Snapshot;
             fn add(self, o: Snapshot) -> Snapshot {
@@ -86,4 +99,27 @@ stats! {
     /// partial control frames) carried into a new read allocation. Data
     /// payload is never copied, so this stays tiny.
     copied_bytes,
+}
+
+/// Every shard's counters, shared by all shards so any of them can report.
+#[derive(Debug, Default)]
+pub struct AllStats(pub Vec<std::sync::Arc<ShardStats>>);
+
+impl AllStats {
+    pub fn total(&self) -> Snapshot {
+        self.0
+            .iter()
+            .map(|s| s.snapshot())
+            .fold(Snapshot::default(), |a, b| a + b)
+    }
+
+    /// `{"total":{...},"shards":[{...},...]}`
+    pub fn to_json(&self) -> String {
+        let shards: Vec<String> = self.0.iter().map(|s| s.snapshot().to_json()).collect();
+        format!(
+            "{{\"total\":{},\"shards\":[{}]}}\n",
+            self.total().to_json(),
+            shards.join(",")
+        )
+    }
 }
