@@ -6,6 +6,23 @@ use std::time::Duration;
 
 use ringecho::server::{self, Config, Server};
 
+/// Status lines to stdout. A closed or full stdout (a pipe whose reader has
+/// gone) must never take the server down, so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Errors to stderr, with the same rule.
+macro_rules! esay {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 const HELP: &str = "\
 ringecho — a WebSocket (RFC 6455) echo server on io_uring
 
@@ -65,14 +82,14 @@ fn main() -> ExitCode {
         Ok(Some(config)) => config,
         Ok(None) => return ExitCode::SUCCESS,
         Err(msg) => {
-            eprintln!("ringecho: {msg}\n\nRun 'ringecho --help' for the options.");
+            esay!("ringecho: {msg}\n\nRun 'ringecho --help' for the options.");
             return ExitCode::from(2);
         }
     };
     let fd_limit = match server::raise_fd_limit() {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("ringecho: cannot read the descriptor limit: {e}");
+            esay!("ringecho: cannot read the descriptor limit: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -88,7 +105,7 @@ fn main() -> ExitCode {
     let server = match Server::start(config.clone()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ringecho: {e}");
+            esay!("ringecho: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -100,12 +117,12 @@ fn main() -> ExitCode {
     };
     // Three descriptors per shard (listener, ring, eventfd) plus stdio.
     let capacity = fd_limit.saturating_sub(3 * server.shards() as u64 + 16);
-    println!(
+    say!(
         "ringecho listening on ws://{addr}/ with {} shard(s)",
         server.shards()
     );
-    println!("test page: http://{page_host}/   health: http://{page_host}/healthz");
-    println!(
+    say!("test page: http://{page_host}/   health: http://{page_host}/healthz");
+    say!(
         "connection capacity: {capacity} (RLIMIT_NOFILE {fd_limit}; at most {} per shard)",
         config.max_connections_per_shard
     );
@@ -117,11 +134,11 @@ fn main() -> ExitCode {
         }
         match wait_signal(&signals, Duration::from_millis(200)) {
             Some(sig) if stopping => {
-                eprintln!("ringecho: signal {sig} again, exiting now");
+                esay!("ringecho: signal {sig} again, exiting now");
                 return ExitCode::from(130);
             }
             Some(_) => {
-                println!("shutting down: closing connections with 1001, waiting up to {drain:?}");
+                say!("shutting down: closing connections with 1001, waiting up to {drain:?}");
                 server.begin_shutdown();
                 stopping = true;
             }
@@ -129,9 +146,12 @@ fn main() -> ExitCode {
         }
     }
     let s = server.stats();
-    println!(
+    say!(
         "stopped: {} connections accepted, {} upgraded, {} protocol errors, {} timed out",
-        s.accepted, s.upgraded, s.protocol_errors, s.timed_out
+        s.accepted,
+        s.upgraded,
+        s.protocol_errors,
+        s.timed_out
     );
     server.stop();
     ExitCode::SUCCESS
@@ -178,11 +198,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
         };
         match flag.as_str() {
             "-h" | "--help" => {
-                print!("{HELP}");
+                {
+                    use std::io::Write as _;
+                    let _ = write!(std::io::stdout(), "{HELP}");
+                }
                 return Ok(None);
             }
             "-V" | "--version" => {
-                println!("ringecho {}", env!("CARGO_PKG_VERSION"));
+                say!("ringecho {}", env!("CARGO_PKG_VERSION"));
                 return Ok(None);
             }
             "--listen" => {

@@ -124,6 +124,7 @@ impl Server {
     pub fn start(config: Config) -> Result<Server, StartError> {
         uring::probe(&config).map_err(StartError::Uring)?;
         let threads = config.threads.max(1);
+        ensure_port_free(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
         let first =
             reuseport_listener(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
         // Port 0 means "any": the other shards join the port the first got.
@@ -234,6 +235,21 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
+}
+
+/// SO_REUSEPORT would let a second server started by the same user on the
+/// same port silently take half the connections. A plain bind first fails
+/// with EADDRINUSE if anyone listens there, reuseport group or not.
+fn ensure_port_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Allow TIME_WAIT leftovers of an earlier run, as the real listeners do;
+    // with SO_REUSEADDR Linux reports a live listener only at listen().
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1)
 }
 
 /// CPUs this process may run on, in order.
