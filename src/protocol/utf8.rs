@@ -6,7 +6,7 @@
 //! validator keeps at most three bytes of an incomplete code point between
 //! chunks and lets simdutf8 do the bulk work; it never allocates.
 
-use super::mask::apply_mask;
+use super::mask::apply_mask_is_ascii;
 use super::Error;
 
 /// How much [`Utf8Validator::feed_masked`] unmasks before validating it, so
@@ -89,8 +89,13 @@ impl Utf8Validator {
     ) -> Result<(), Error> {
         let mut pos = offset;
         for piece in chunk.chunks_mut(PIECE) {
-            apply_mask(piece, key, pos);
-            self.feed(piece)?;
+            // ASCII is valid UTF-8 on its own, and the unmasking pass finds
+            // it for free; simdutf8 only runs on pieces with other bytes, or
+            // when a carried code point needs this piece's first bytes.
+            let ascii = apply_mask_is_ascii(piece, key, pos);
+            if !ascii || self.is_mid_code_point() {
+                self.feed(piece)?;
+            }
             pos = pos.wrapping_add(piece.len() as u64);
         }
         Ok(())
@@ -161,6 +166,7 @@ pub fn validate(bytes: &[u8]) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::mask::apply_mask;
     use proptest::prelude::*;
 
     fn feed_all(chunks: &[&[u8]]) -> Result<(), Error> {
