@@ -307,6 +307,31 @@ mod tests {
     }
 
     #[test]
+    fn feed_masked_code_point_split_at_a_piece_boundary_section_5_6() {
+        let key = [0x80, 0x01, 0xfe, 0x7f];
+        for lead in 0..4 {
+            // A 4-byte code point straddles PIECE, followed by a piece of
+            // pure ASCII that must still complete the carried code point.
+            let mut text = "a".repeat(PIECE - 2 + lead);
+            text.push('🦀');
+            text.push_str(&"z".repeat(PIECE));
+            let mut buf = text.clone().into_bytes();
+            apply_mask(&mut buf, key, 3);
+            let mut v = Utf8Validator::new();
+            assert_eq!(v.feed_masked(&mut buf, key, 3), Ok(()));
+            assert_eq!(v.finish(), Ok(()));
+            assert_eq!(buf, text.as_bytes());
+
+            // Truncate the code point instead: the ASCII after it fails.
+            let mut bad = text.into_bytes();
+            bad.remove(PIECE + lead);
+            apply_mask(&mut bad, key, 3);
+            let mut v = Utf8Validator::new();
+            assert_eq!(v.feed_masked(&mut bad, key, 3), Err(Error::InvalidUtf8));
+        }
+    }
+
+    #[test]
     fn validate_whole_buffer_section_5_5_1() {
         assert_eq!(validate(b""), Ok(()));
         assert_eq!(validate("normal closure ✓".as_bytes()), Ok(()));
