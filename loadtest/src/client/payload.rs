@@ -216,7 +216,7 @@ mod tests {
             for size in [0, 5, 16, 20, 300] {
                 let w = Workload::new(size, false, raw, [1, 2, 3, 4]);
                 let u = unit(&w, 0x1234);
-                for split in [0, 1, 3, u.len() / 2, u.len()] {
+                for split in [0, 1, 3, u.len() / 2, u.len()].map(|s| s.min(u.len())) {
                     let mut c = UnitCheck::default();
                     c.start();
                     c.feed(&w.expect, &u[..split]);
