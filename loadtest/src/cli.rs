@@ -1,0 +1,475 @@
+//! Command-line parsing for the three faces of `loadtest`: the load generator
+//! (`loadtest URL ...`), `loadtest compare ...` and `loadtest peer ...`.
+//!
+//! Hand-written rather than derived: the top level takes either a URL or a
+//! subcommand name in the same position, which derive-based parsers express
+//! awkwardly, and the flag set is small.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const HELP: &str = "\
+loadtest — load generator and comparison harness for ringecho
+
+USAGE:
+    loadtest URL [OPTIONS]                 generate load against a WebSocket echo server
+    loadtest compare [OPTIONS]             benchmark ringecho against peer echo servers
+    loadtest peer KIND --listen ADDR:PORT  run a peer echo server
+                                           KIND: fastwebsockets | tungstenite | raw-uring
+
+LOAD OPTIONS (URL is ws://IP:PORT/PATH, or tcp://IP:PORT with --raw):
+    --connections N        Connections [default: 10]
+    --size BYTES           Payload bytes per message [default: 20]
+    --duration SECS        Measured window [default: 5]
+    --warmup SECS          Load before the measured window, not counted [default: 1]
+    --rate MSGS_PER_SEC    Open loop: total send rate over all connections, on a
+                           fixed schedule; latency counts from the intended send
+                           time (no coordinated omission). Default: closed loop.
+    --in-flight K          Closed loop: messages outstanding per connection [default: 1]
+    --binary | --text      Message opcode [default: --binary]
+    --threads T            Client threads, each with its own epoll loop
+                           [default: min(available CPUs, connections)]
+    --pin CPU_LIST         Pin client thread i to the i-th CPU of the list (e.g. 1 or 0-3,8)
+    --connect-rate PER_SEC Limit new connections per second (total)
+    --source-ips N         Bind sources 127.0.0.1..127.0.0.N round-robin (each address
+                           has ~28k ephemeral ports) [default: enough for N connections]
+    --raw                  Raw TCP: send the pre-built masked frame bytes, expect
+                           them back verbatim (for a raw echo server)
+    --json                 Print one JSON object on stdout instead of the text report
+    --server-pid PID       Sample this process's CPU time over the measured window
+    --drain SECS           After the window, time to wait for outstanding echoes before
+                           counting them lost [default: 2]
+    --connect-timeout SECS Time for all connections of a thread to be set up [default: 15]
+
+COMPARE OPTIONS:
+    --ringecho PATH        ringecho binary (build it with cargo build --release)
+    --server-cpus LIST     CPUs for the server under test [default: 0]
+    --client-cpus LIST     CPUs for the load generator [default: 1]
+    --connections N  --size BYTES  --duration SECS  --warmup SECS  --in-flight K
+    --rounds R             Repeat the interleaved server sequence R times; medians are
+                           reported [default: 1]
+    --servers LIST         Comma list of ringecho,fastwebsockets,tungstenite,raw-uring
+                           [default: all four]
+    --out DIR              Where NAME.md and NAME.svg go [default: docs/benchmarks]
+    --name NAME            [default: c{connections}-s{size}]
+
+PEER OPTIONS:
+    --listen ADDR:PORT     [default: 127.0.0.1:9002]; port 0 picks a free one
+    --corrupt              (broken server, for tests) flip a byte of every 100th message
+    --drop                 (broken server, for tests) drop every 100th message
+
+Exit status: 0 when every echo verified and no error of any kind was counted,
+1 when any error was counted, 2 on bad usage.
+";
+
+#[derive(Debug)]
+pub enum Command {
+    Help,
+    Load(LoadArgs),
+    Compare(CompareArgs),
+    Peer(PeerArgs),
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadArgs {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+    pub connections: usize,
+    pub size: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub rate: Option<f64>,
+    pub in_flight: usize,
+    pub binary: bool,
+    pub threads: usize,
+    pub pin: Option<Vec<usize>>,
+    pub connect_rate: Option<f64>,
+    pub source_ips: Option<u32>,
+    pub raw: bool,
+    pub json: bool,
+    pub server_pid: Option<u32>,
+    pub drain: Duration,
+    pub connect_timeout: Duration,
+    /// Hidden: this process is a child of a split run; print the JSON with
+    /// serialized histograms so the parent can merge them.
+    pub child: bool,
+    /// Hidden: global index of this process's first connection, so source
+    /// addresses stay spread across the children of a split run.
+    pub conn_offset: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompareArgs {
+    pub ringecho: PathBuf,
+    pub server_cpus: String,
+    pub client_cpus: String,
+    pub connections: usize,
+    pub size: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub in_flight: usize,
+    pub rounds: usize,
+    pub servers: Vec<String>,
+    pub out: PathBuf,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    FastWebSockets,
+    Tungstenite,
+    RawUring,
+}
+
+impl PeerKind {
+    pub fn parse(s: &str) -> Option<PeerKind> {
+        match s {
+            "fastwebsockets" => Some(PeerKind::FastWebSockets),
+            "tungstenite" | "tokio-tungstenite" => Some(PeerKind::Tungstenite),
+            "raw-uring" | "raw" => Some(PeerKind::RawUring),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PeerKind::FastWebSockets => "fastwebsockets",
+            PeerKind::Tungstenite => "tungstenite",
+            PeerKind::RawUring => "raw-uring",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerArgs {
+    pub kind: PeerKind,
+    pub listen: SocketAddr,
+    pub corrupt: bool,
+    pub drop: bool,
+}
+
+pub fn parse(args: Vec<String>) -> Result<Command, String> {
+    let Some(first) = args.first() else {
+        return Ok(Command::Help);
+    };
+    match first.as_str() {
+        "-h" | "--help" | "help" => Ok(Command::Help),
+        "compare" => parse_compare(&args[1..]).map(Command::Compare),
+        "peer" => parse_peer(&args[1..]).map(Command::Peer),
+        _ => parse_load(&args).map(Command::Load),
+    }
+}
+
+/// Walks `--flag value` pairs; `value()` takes the next argument.
+struct Flags<'a> {
+    args: &'a [String],
+    at: usize,
+}
+
+impl<'a> Flags<'a> {
+    fn next_flag(&mut self) -> Option<&'a str> {
+        let f = self.args.get(self.at)?;
+        self.at += 1;
+        Some(f.as_str())
+    }
+
+    fn value(&mut self, flag: &str) -> Result<&'a str, String> {
+        let v = self
+            .args
+            .get(self.at)
+            .ok_or_else(|| format!("{flag} needs a value"))?;
+        self.at += 1;
+        Ok(v.as_str())
+    }
+
+    fn num<T: std::str::FromStr>(&mut self, flag: &str) -> Result<T, String> {
+        let v = self.value(flag)?;
+        v.parse()
+            .map_err(|_| format!("{flag}: cannot parse {v:?} as a number"))
+    }
+
+    fn secs(&mut self, flag: &str) -> Result<Duration, String> {
+        let v: f64 = self.num(flag)?;
+        if !(0.0..=86_400.0).contains(&v) {
+            return Err(format!("{flag}: {v} is out of range (0..86400 s)"));
+        }
+        Ok(Duration::from_secs_f64(v))
+    }
+}
+
+fn parse_load(args: &[String]) -> Result<LoadArgs, String> {
+    let mut a = LoadArgs {
+        url: String::new(),
+        addr: SocketAddr::from(([127, 0, 0, 1], 9001)),
+        host: String::new(),
+        path: "/".into(),
+        connections: 10,
+        size: 20,
+        duration: Duration::from_secs(5),
+        warmup: Duration::from_secs(1),
+        rate: None,
+        in_flight: 1,
+        binary: true,
+        threads: 0,
+        pin: None,
+        connect_rate: None,
+        source_ips: None,
+        raw: false,
+        json: false,
+        server_pid: None,
+        drain: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(15),
+        child: false,
+        conn_offset: 0,
+    };
+    let mut url = None;
+    let mut f = Flags { args, at: 0 };
+    while let Some(flag) = f.next_flag() {
+        match flag {
+            "--connections" | "-c" => a.connections = f.num(flag)?,
+            "--size" | "-s" => a.size = f.num(flag)?,
+            "--duration" | "-d" => a.duration = f.secs(flag)?,
+            "--warmup" => a.warmup = f.secs(flag)?,
+            "--rate" => {
+                let r: f64 = f.num(flag)?;
+                if !(r > 0.0 && r.is_finite()) {
+                    return Err("--rate must be positive".into());
+                }
+                a.rate = Some(r);
+            }
+            "--in-flight" => a.in_flight = f.num(flag)?,
+            "--binary" => a.binary = true,
+            "--text" => a.binary = false,
+            "--threads" | "-t" => a.threads = f.num(flag)?,
+            "--pin" => a.pin = Some(parse_cpu_list(f.value(flag)?)?),
+            "--connect-rate" => {
+                let r: f64 = f.num(flag)?;
+                if !(r > 0.0 && r.is_finite()) {
+                    return Err("--connect-rate must be positive".into());
+                }
+                a.connect_rate = Some(r);
+            }
+            "--source-ips" => {
+                let n: u32 = f.num(flag)?;
+                if !(1..=250).contains(&n) {
+                    return Err("--source-ips must be 1..=250".into());
+                }
+                a.source_ips = Some(n);
+            }
+            "--raw" => a.raw = true,
+            "--json" => a.json = true,
+            "--server-pid" => a.server_pid = Some(f.num(flag)?),
+            "--drain" => a.drain = f.secs(flag)?,
+            "--connect-timeout" => a.connect_timeout = f.secs(flag)?,
+            "--child" => a.child = true,
+            "--conn-offset" => a.conn_offset = f.num(flag)?,
+            "-h" | "--help" => return Err(String::new()),
+            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
+            s => {
+                if url.replace(s.to_string()).is_some() {
+                    return Err(format!("unexpected argument {s}"));
+                }
+            }
+        }
+    }
+    let url = url.ok_or("missing URL (e.g. ws://127.0.0.1:9001/)")?;
+    let (addr, host, path) = parse_url(&url)?;
+    a.url = url;
+    a.addr = addr;
+    a.host = host;
+    a.path = path;
+    if a.connections == 0 {
+        return Err("--connections must be at least 1".into());
+    }
+    if a.in_flight == 0 {
+        return Err("--in-flight must be at least 1".into());
+    }
+    if a.duration.is_zero() {
+        return Err("--duration must be positive".into());
+    }
+    if a.threads == 0 {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        a.threads = match &a.pin {
+            Some(list) => list.len(),
+            None => cpus,
+        };
+    }
+    a.threads = a.threads.clamp(1, a.connections);
+    Ok(a)
+}
+
+/// `ws://IP:PORT/PATH` or `tcp://IP:PORT`. Only what a loopback benchmark
+/// needs; no TLS, no DNS beyond what `ToSocketAddrs` does for `localhost`.
+fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| format!("{url}: only ws:// and tcp:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !authority.ends_with(']')
+    }) {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("{url}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{url}: no address"))?;
+    Ok((addr, authority.to_string(), path.to_string()))
+}
+
+/// `1`, `0-3,8` → CPU numbers, in the order given.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let bad = || format!("bad CPU list {s:?}");
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                let lo: usize = lo.trim().parse().map_err(|_| bad())?;
+                let hi: usize = hi.trim().parse().map_err(|_| bad())?;
+                if lo > hi || hi >= 4096 {
+                    return Err(bad());
+                }
+                out.extend(lo..=hi);
+            }
+            None => {
+                let c: usize = part.trim().parse().map_err(|_| bad())?;
+                if c >= 4096 {
+                    return Err(bad());
+                }
+                out.push(c);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("empty CPU list {s:?}"));
+    }
+    Ok(out)
+}
+
+fn parse_compare(args: &[String]) -> Result<CompareArgs, String> {
+    let mut c = CompareArgs {
+        ringecho: PathBuf::new(),
+        server_cpus: "0".into(),
+        client_cpus: "1".into(),
+        connections: 100,
+        size: 20,
+        duration: Duration::from_secs(10),
+        warmup: Duration::from_secs(2),
+        in_flight: 1,
+        rounds: 1,
+        servers: ["ringecho", "fastwebsockets", "tungstenite", "raw-uring"]
+            .map(String::from)
+            .to_vec(),
+        out: PathBuf::from("docs/benchmarks"),
+        name: None,
+    };
+    let mut have_ringecho = false;
+    let mut f = Flags { args, at: 0 };
+    while let Some(flag) = f.next_flag() {
+        match flag {
+            "--ringecho" => {
+                c.ringecho = PathBuf::from(f.value(flag)?);
+                have_ringecho = true;
+            }
+            "--server-cpus" => {
+                let v = f.value(flag)?;
+                parse_cpu_list(v)?;
+                c.server_cpus = v.into();
+            }
+            "--client-cpus" => {
+                let v = f.value(flag)?;
+                parse_cpu_list(v)?;
+                c.client_cpus = v.into();
+            }
+            "--connections" | "-c" => c.connections = f.num(flag)?,
+            "--size" | "-s" => c.size = f.num(flag)?,
+            "--duration" | "-d" => c.duration = f.secs(flag)?,
+            "--warmup" => c.warmup = f.secs(flag)?,
+            "--in-flight" => c.in_flight = f.num(flag)?,
+            "--rounds" => c.rounds = f.num::<usize>(flag)?.max(1),
+            "--servers" => {
+                let list: Vec<String> = f.value(flag)?.split(',').map(String::from).collect();
+                for s in &list {
+                    if s != "ringecho" && PeerKind::parse(s).is_none() {
+                        return Err(format!("--servers: unknown server {s}"));
+                    }
+                }
+                c.servers = list;
+            }
+            "--out" => c.out = PathBuf::from(f.value(flag)?),
+            "--name" => c.name = Some(f.value(flag)?.into()),
+            "-h" | "--help" => return Err(String::new()),
+            s => return Err(format!("compare: unexpected argument {s}")),
+        }
+    }
+    if c.servers.iter().any(|s| s == "ringecho") && !have_ringecho {
+        return Err("compare needs --ringecho PATH (e.g. target/release/ringecho)".into());
+    }
+    if c.connections == 0 || c.in_flight == 0 {
+        return Err("--connections and --in-flight must be at least 1".into());
+    }
+    Ok(c)
+}
+
+fn parse_peer(args: &[String]) -> Result<PeerArgs, String> {
+    let kind = args
+        .first()
+        .and_then(|k| PeerKind::parse(k))
+        .ok_or("peer needs a kind: fastwebsockets, tungstenite or raw-uring")?;
+    let mut p = PeerArgs {
+        kind,
+        listen: SocketAddr::from(([127, 0, 0, 1], 9002)),
+        corrupt: false,
+        drop: false,
+    };
+    let mut f = Flags { args, at: 1 };
+    while let Some(flag) = f.next_flag() {
+        match flag {
+            "--listen" => {
+                let v = f.value(flag)?;
+                p.listen = v
+                    .parse()
+                    .map_err(|_| format!("--listen: {v:?} is not ADDR:PORT"))?;
+            }
+            "--corrupt" => p.corrupt = true,
+            "--drop" => p.drop = true,
+            s => return Err(format!("peer: unexpected argument {s}")),
+        }
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("1").unwrap(), vec![1]);
+        assert_eq!(parse_cpu_list("0-3,8").unwrap(), vec![0, 1, 2, 3, 8]);
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("").is_err());
+    }
+
+    #[test]
+    fn urls() {
+        let (a, h, p) = parse_url("ws://127.0.0.1:9001/").unwrap();
+        assert_eq!(a, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(h, "127.0.0.1:9001");
+        assert_eq!(p, "/");
+        let (a, _, p) = parse_url("ws://127.0.0.1:9/x/y").unwrap();
+        assert_eq!(a.port(), 9);
+        assert_eq!(p, "/x/y");
+        assert!(parse_url("http://127.0.0.1/").is_err());
+    }
+}

@@ -1,0 +1,115 @@
+//! Per-thread counters and histograms, merged into one at the end.
+
+use hdrhistogram::Histogram;
+
+/// Kinds of failure a run counts; any non-zero count fails the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    ConnectFailed,
+    ConnectTimeout,
+    HandshakeFailed,
+    /// Echo bytes differ from what was sent, or the length is wrong.
+    Corrupt,
+    /// Messages never echoed: skipped over by a later sequence number, or
+    /// still outstanding when the drain time ran out.
+    Lost,
+    /// A sequence number already echoed, or one never sent.
+    OutOfOrder,
+    /// Echo came back as text for binary or the other way round.
+    WrongOpcode,
+    /// Close frame, EOF or reset from the server during the run.
+    UnexpectedClose,
+    /// Framing the client cannot accept: masked server frame, RSV bits,
+    /// unknown opcode, continuation without a start, oversized frame.
+    Protocol,
+    /// The server stopped reading: too much unsent data piled up, so
+    /// scheduled messages were not sent.
+    Backlog,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::ConnectFailed,
+        ErrorKind::ConnectTimeout,
+        ErrorKind::HandshakeFailed,
+        ErrorKind::Corrupt,
+        ErrorKind::Lost,
+        ErrorKind::OutOfOrder,
+        ErrorKind::WrongOpcode,
+        ErrorKind::UnexpectedClose,
+        ErrorKind::Protocol,
+        ErrorKind::Backlog,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::ConnectFailed => "connect_failed",
+            ErrorKind::ConnectTimeout => "connect_timeout",
+            ErrorKind::HandshakeFailed => "handshake_failed",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Lost => "lost",
+            ErrorKind::OutOfOrder => "out_of_order",
+            ErrorKind::WrongOpcode => "wrong_opcode",
+            ErrorKind::UnexpectedClose => "unexpected_close",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Backlog => "backlog",
+        }
+    }
+}
+
+/// Largest latency or connect time recorded, in microseconds (60 s);
+/// slower ones are clamped to it.
+pub const HIST_MAX_US: u64 = 60_000_000;
+
+pub fn new_histogram() -> Histogram<u64> {
+    // 3 significant digits over 1 µs..60 s: ~0.1% error, a few hundred KiB.
+    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("constant histogram bounds are valid")
+}
+
+#[derive(Debug)]
+pub struct Stats {
+    /// Echo latency of messages received in the measured window, µs.
+    pub latency: Histogram<u64>,
+    /// TCP connect plus opening handshake, µs.
+    pub connect: Histogram<u64>,
+    /// Echoes verified inside the measured window.
+    pub messages: u64,
+    /// Payload bytes of those echoes (one direction).
+    pub payload_bytes: u64,
+    pub opened: u64,
+    pub errors: [u64; ErrorKind::ALL.len()],
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        Stats {
+            latency: new_histogram(),
+            connect: new_histogram(),
+            messages: 0,
+            payload_bytes: 0,
+            opened: 0,
+            errors: [0; ErrorKind::ALL.len()],
+        }
+    }
+
+    pub fn error(&mut self, kind: ErrorKind, n: u64) {
+        self.errors[kind as usize] += n;
+    }
+
+    pub fn record_us(h: &mut Histogram<u64>, us: u64) {
+        // Within bounds by the clamp, so recording cannot fail.
+        let _ = h.record(us.clamp(1, HIST_MAX_US));
+    }
+
+    pub fn merge(&mut self, other: &Stats) {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+        let _ = self.connect.add(&other.connect);
+        self.messages += other.messages;
+        self.payload_bytes += other.payload_bytes;
+        self.opened += other.opened;
+        for (a, b) in self.errors.iter_mut().zip(other.errors) {
+            *a += b;
+        }
+    }
+}

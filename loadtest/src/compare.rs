@@ -1,0 +1,332 @@
+//! `loadtest compare`: the same closed-loop workload against ringecho and
+//! each peer in turn, server and client pinned to disjoint CPU sets, with a
+//! markdown table and an SVG chart as the result.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::cli::{parse_cpu_list, CompareArgs, PeerKind};
+use crate::report::Report;
+
+/// A server under test; stopped (SIGTERM, then SIGKILL) when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) with a pid of a child we have not reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawn from a thread pinned to `cpus`: the child inherits the mask, and
+/// every thread it starts inherits it in turn.
+fn spawn_pinned(mut cmd: Command, cpus: &[usize]) -> Result<Child, String> {
+    let cpus = cpus.to_vec();
+    std::thread::spawn(move || {
+        crate::affinity::pin_current_thread(&cpus).map_err(|e| format!("pin to {cpus:?}: {e}"))?;
+        cmd.spawn().map_err(|e| format!("spawn: {e}"))
+    })
+    .join()
+    .map_err(|_| "spawning thread panicked".to_string())?
+}
+
+/// The address from a `... listening on [ws://]ADDR[/...]` line.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    let rest = rest.strip_prefix("ws://").unwrap_or(rest);
+    let end = rest.find(['/', ' ']).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+fn start_server(name: &str, args: &CompareArgs, cpus: &[usize]) -> Result<Server, String> {
+    let mut cmd = if name == "ringecho" {
+        let mut c = Command::new(&args.ringecho);
+        c.args(["--threads", "1", "--listen", "127.0.0.1:0"]);
+        c
+    } else {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut c = Command::new(exe);
+        c.args(["peer", name, "--listen", "127.0.0.1:0"]);
+        c
+    };
+    cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+    let mut child = spawn_pinned(cmd, cpus)?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    // Keep reading after the line we want so a chatty server never blocks
+    // on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(a) = listening_addr(&line) {
+                let _ = tx.send(a);
+            }
+        }
+    });
+    let mut server = Server {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    server.addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| format!("{name} did not report its address within 10 s"))?;
+    Ok(server)
+}
+
+fn run_client(
+    name: &str,
+    args: &CompareArgs,
+    server: &Server,
+    cpus: &[usize],
+) -> Result<Report, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let pin: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
+    let mut cmd = Command::new(exe);
+    cmd.arg(format!("ws://{}/", server.addr))
+        .args(["--connections", &args.connections.to_string()])
+        .args(["--size", &args.size.to_string()])
+        .args(["--duration", &args.duration.as_secs_f64().to_string()])
+        .args(["--warmup", &args.warmup.as_secs_f64().to_string()])
+        .args(["--in-flight", &args.in_flight.to_string()])
+        .args(["--threads", &cpus.len().to_string()])
+        .args(["--pin", &pin.join(",")])
+        .args(["--server-pid", &server.child.id().to_string()])
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null());
+    if name == "raw-uring" {
+        cmd.arg("--raw");
+    }
+    let mut child = spawn_pinned(cmd, cpus)?;
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + args.warmup + args.duration + Duration::from_secs(60);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("client against {name} did not finish in time"));
+            }
+        }
+    }
+    let out = reader.join().unwrap_or_default();
+    serde_json::from_str(out.trim()).map_err(|e| format!("client against {name}: bad report: {e}"))
+}
+
+/// Medians over rounds of what the table shows.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub server: String,
+    pub msgs_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub client_cpu: Option<f64>,
+    pub server_cpu: Option<f64>,
+    pub errors: u64,
+    pub rounds: Vec<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn row(server: &str, reports: &[Report]) -> Row {
+    let pick = |f: &dyn Fn(&Report) -> f64| median(reports.iter().map(f).collect());
+    let cpu = |f: &dyn Fn(&Report) -> Option<f64>| {
+        let v: Vec<f64> = reports.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| median(v))
+    };
+    Row {
+        server: server.to_string(),
+        msgs_per_sec: pick(&|r| r.msgs_per_sec),
+        mb_per_sec: pick(&|r| r.mb_per_sec_each_way),
+        p50_us: pick(&|r| r.latency_us.p50 as f64),
+        p99_us: pick(&|r| r.latency_us.p99 as f64),
+        client_cpu: cpu(&|r| r.cpu.as_ref().map(|c| c.client_pct)),
+        server_cpu: cpu(&|r| r.cpu.as_ref().and_then(|c| c.server_pct)),
+        errors: reports.iter().map(|r| r.error_total).sum(),
+        rounds: reports.iter().map(|r| r.msgs_per_sec).collect(),
+    }
+}
+
+pub fn run(args: CompareArgs) -> Result<(), String> {
+    let server_cpus = parse_cpu_list(&args.server_cpus)?;
+    let client_cpus = parse_cpu_list(&args.client_cpus)?;
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("c{}-s{}", args.connections, args.size));
+    let n = args.servers.len();
+    let mut reports: Vec<Vec<Report>> = vec![Vec::new(); n];
+    for round in 0..args.rounds {
+        // Rotate the order each round so drift on a noisy machine (thermal,
+        // neighbours) does not always favour the same server.
+        for k in 0..n {
+            let i = (k + round) % n;
+            let server_name = &args.servers[i];
+            let display = PeerKind::parse(server_name).map_or("ringecho", PeerKind::name);
+            eprintln!(
+                "compare: round {}/{}: {display} ({} connections, {} B)",
+                round + 1,
+                args.rounds,
+                args.connections,
+                args.size
+            );
+            let server = start_server(display, &args, &server_cpus)?;
+            let report = run_client(display, &args, &server, &client_cpus)?;
+            drop(server);
+            eprintln!(
+                "compare:   {:.0} msgs/s, p50 {} µs, p99 {} µs, errors {}",
+                report.msgs_per_sec,
+                report.latency_us.p50,
+                report.latency_us.p99,
+                report.error_total
+            );
+            reports[i].push(report);
+        }
+    }
+    let rows: Vec<Row> = args
+        .servers
+        .iter()
+        .zip(&reports)
+        .map(|(s, r)| row(PeerKind::parse(s).map_or("ringecho", PeerKind::name), r))
+        .collect();
+    let base = rows
+        .iter()
+        .find(|r| r.server == "ringecho")
+        .map(|r| r.msgs_per_sec)
+        .filter(|v| *v > 0.0);
+    let md = markdown(&args, &name, &rows, base);
+    print!("{md}");
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let md_path = args.out.join(format!("{name}.md"));
+    std::fs::write(&md_path, &md).map_err(|e| format!("{}: {e}", md_path.display()))?;
+    let svg_path = args.out.join(format!("{name}.svg"));
+    let title = format!(
+        "{} connections, {} B messages, closed loop ({} in flight)",
+        args.connections, args.size, args.in_flight
+    );
+    crate::chart::bars(Path::new(&svg_path), &title, &rows, base)?;
+    eprintln!(
+        "compare: wrote {} and {}",
+        md_path.display(),
+        svg_path.display()
+    );
+    if rows.iter().any(|r| r.errors > 0) {
+        return Err("some runs counted errors (see the table)".into());
+    }
+    Ok(())
+}
+
+fn markdown(args: &CompareArgs, name: &str, rows: &[Row], base: Option<f64>) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(o, "# {name}\n");
+    let _ = writeln!(
+        o,
+        "`loadtest compare --connections {} --size {} --duration {} --warmup {} --in-flight {} \
+         --rounds {} --server-cpus {} --client-cpus {}`\n",
+        args.connections,
+        args.size,
+        args.duration.as_secs_f64(),
+        args.warmup.as_secs_f64(),
+        args.in_flight,
+        args.rounds,
+        args.server_cpus,
+        args.client_cpus
+    );
+    let _ = writeln!(
+        o,
+        "Closed loop, binary messages, each server on one thread pinned to CPU(s) {}, \
+         the client pinned to CPU(s) {}. MB/s is echoed payload per second in one \
+         direction (10^6 bytes; the same flows the other way). Latency is the echo \
+         round trip. CPU is percent of one core over the measured window. Values are \
+         medians over {} round(s); the server order rotates each round.\n",
+        args.server_cpus, args.client_cpus, args.rounds
+    );
+    let _ = writeln!(
+        o,
+        "| server | msgs/s | vs ringecho | MB/s | p50 µs | p99 µs | client CPU % | server CPU % | errors | msgs/s per round |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+    for r in rows {
+        let ratio = base.map_or("-".to_string(), |b| format!("{:.2}×", r.msgs_per_sec / b));
+        let per_round: Vec<String> = r.rounds.iter().map(|v| format!("{v:.0}")).collect();
+        let _ = writeln!(
+            o,
+            "| {} | {:.0} | {ratio} | {:.2} | {:.0} | {:.0} | {} | {} | {} | {} |",
+            r.server,
+            r.msgs_per_sec,
+            r.mb_per_sec,
+            r.p50_us,
+            r.p99_us,
+            pct(r.client_cpu),
+            pct(r.server_cpu),
+            r.errors,
+            per_round.join(", ")
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_addresses() {
+        assert_eq!(
+            listening_addr("ringecho listening on ws://127.0.0.1:4000/ with 1 shard(s)"),
+            Some("127.0.0.1:4000".parse().unwrap())
+        );
+        assert_eq!(
+            listening_addr("listening on 127.0.0.1:5"),
+            Some("127.0.0.1:5".parse().unwrap())
+        );
+        assert_eq!(listening_addr("hello"), None);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0]), 2.5);
+    }
+}

@@ -1,0 +1,45 @@
+//! CPU time of a process from /proc/PID/stat, to tell whether the client or
+//! the server is the one running out of CPU.
+
+use std::time::Instant;
+
+/// utime + stime of `pid`, in seconds; `None` once the process is gone.
+pub fn process_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses; the
+    // fields we want are counted from the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After ')': state is field 3, so utime (14) and stime (15) sit at 11, 12.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+    Some((utime + stime) as f64 / ticks)
+}
+
+/// A starting point for measuring a process's CPU use over an interval.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    pid: u32,
+    cpu: f64,
+    at: Instant,
+}
+
+impl CpuSample {
+    pub fn take(pid: u32) -> Option<CpuSample> {
+        Some(CpuSample {
+            pid,
+            cpu: process_cpu_secs(pid)?,
+            at: Instant::now(),
+        })
+    }
+
+    /// Percent of one CPU used since the sample (100 = one core busy).
+    pub fn percent_since(&self) -> Option<f64> {
+        let now = process_cpu_secs(self.pid)?;
+        let wall = self.at.elapsed().as_secs_f64();
+        (wall > 0.0).then(|| 100.0 * (now - self.cpu) / wall)
+    }
+}

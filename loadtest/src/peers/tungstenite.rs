@@ -1,0 +1,67 @@
+//! tokio-tungstenite echo on a current_thread runtime.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{announce, corrupt, current_thread_runtime, stop_signal, Act, Sabotage};
+use crate::cli::PeerArgs;
+
+pub fn run(p: &PeerArgs) -> Result<(), String> {
+    let rt = current_thread_runtime()?;
+    let sabotage = Sabotage::new(p);
+    rt.block_on(async move {
+        let listener = TcpListener::bind(p.listen)
+            .await
+            .map_err(|e| format!("bind {}: {e}", p.listen))?;
+        announce(listener.local_addr().map_err(|e| e.to_string())?);
+        let stop = stop_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                acc = listener.accept() => {
+                    // Accept errors (EMFILE and the like) are transient for a
+                    // benchmark peer; the client counts what they cost.
+                    if let Ok((s, _)) = acc {
+                        tokio::spawn(echo(s, sabotage));
+                    }
+                }
+                _ = &mut stop => return Ok(()),
+            }
+        }
+    })
+}
+
+async fn echo(s: TcpStream, mut sabotage: Sabotage) {
+    let _ = s.set_nodelay(true);
+    let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+        return;
+    };
+    // Pings are answered by tungstenite itself; a close is answered and
+    // then the stream ends.
+    while let Some(Ok(msg)) = ws.next().await {
+        let msg = match msg {
+            Message::Text(_) | Message::Binary(_) => msg,
+            _ => continue,
+        };
+        let msg = match sabotage.next() {
+            Act::Echo => msg,
+            Act::Drop => continue,
+            Act::Corrupt => match msg {
+                Message::Text(t) => {
+                    let mut b = t.into_bytes();
+                    corrupt(&mut b);
+                    Message::Text(String::from_utf8_lossy(&b).into_owned())
+                }
+                Message::Binary(mut b) => {
+                    corrupt(&mut b);
+                    Message::Binary(b)
+                }
+                other => other,
+            },
+        };
+        if ws.send(msg).await.is_err() {
+            break;
+        }
+    }
+}

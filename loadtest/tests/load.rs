@@ -1,0 +1,304 @@
+//! End-to-end runs of the `loadtest` binary against ringecho and against its
+//! own peer servers, including deliberately broken ones.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const LOADTEST: &str = env!("CARGO_BIN_EXE_loadtest");
+
+/// A server process, killed when the test ends however it ends.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// ringecho from `RINGECHO_BIN`, else next to this package's binary (the
+/// workspace shares one target directory, and `cargo test --workspace`
+/// builds it there), else built on demand into a target directory of its
+/// own, so the build does not wait on the lock this test run holds.
+fn ringecho_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("RINGECHO_BIN") {
+        return PathBuf::from(p);
+    }
+    let dir = PathBuf::from(LOADTEST)
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let beside = dir.join("ringecho");
+    if beside.exists() {
+        return beside;
+    }
+    let release = dir.ends_with("release");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = root.join("target").join("loadtest-ringecho");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&root)
+        .args([
+            "build",
+            "-p",
+            "ringecho",
+            "--bin",
+            "ringecho",
+            "--target-dir",
+        ])
+        .arg(&target);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo to build ringecho");
+    assert!(status.success(), "building ringecho failed");
+    target
+        .join(if release { "release" } else { "debug" })
+        .join("ringecho")
+}
+
+fn start(mut cmd: Command) -> Server {
+    cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn server");
+    let stdout = child.stdout.take().expect("server stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(i) = line.find("listening on ") {
+                let rest = &line[i + "listening on ".len()..];
+                let rest = rest.strip_prefix("ws://").unwrap_or(rest);
+                let end = rest.find(['/', ' ']).unwrap_or(rest.len());
+                if let Ok(a) = rest[..end].parse::<SocketAddr>() {
+                    let _ = tx.send(a);
+                }
+            }
+        }
+    });
+    let mut server = Server {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    server.addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("server reports its address");
+    server
+}
+
+fn ringecho() -> Server {
+    let mut cmd = Command::new(ringecho_bin());
+    cmd.args(["--threads", "1", "--listen", "127.0.0.1:0"]);
+    start(cmd)
+}
+
+fn peer(kind: &str, extra: &[&str]) -> Server {
+    let mut cmd = Command::new(LOADTEST);
+    cmd.args(["peer", kind, "--listen", "127.0.0.1:0"])
+        .args(extra);
+    start(cmd)
+}
+
+/// Run `loadtest` with a hard time limit; its JSON report and exit status.
+fn load(server: &Server, args: &[&str]) -> (ExitStatus, serde_json::Value) {
+    let mut child = Command::new(LOADTEST)
+        .arg(format!("ws://{}/", server.addr))
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn loadtest");
+    let mut stdout = child.stdout.take().expect("loadtest stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait loadtest") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("loadtest ran past 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = reader.join().expect("reader thread");
+    let json = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad JSON {e}: {out}"));
+    (status, json)
+}
+
+fn errors(r: &serde_json::Value, kind: &str) -> u64 {
+    r["errors"][kind].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn closed_loop_against_ringecho_verifies_every_echo() {
+    let server = ringecho();
+    let (status, r) = load(
+        &server,
+        &[
+            "--connections",
+            "20",
+            "--size",
+            "100",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+        ],
+    );
+    assert!(status.success(), "{r}");
+    assert_eq!(r["error_total"], 0, "{r}");
+    assert_eq!(r["connections_open"], 20, "{r}");
+    assert!(r["msgs_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    assert!(r["latency_us"]["p99"].as_u64().unwrap_or(0) > 0, "{r}");
+}
+
+#[test]
+fn text_and_fragments_with_several_in_flight() {
+    // 16 KiB messages come back from ringecho in several fragments; with
+    // four in flight the reassembly and ordering checks both get exercised.
+    let server = ringecho();
+    let (status, r) = load(
+        &server,
+        &[
+            "--connections",
+            "8",
+            "--size",
+            "16384",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--in-flight",
+            "4",
+            "--text",
+        ],
+    );
+    assert!(status.success(), "{r}");
+    assert_eq!(r["error_total"], 0, "{r}");
+    assert!(r["messages"].as_u64().unwrap_or(0) > 0, "{r}");
+}
+
+#[test]
+fn corrupting_server_is_detected() {
+    let server = peer("tungstenite", &["--corrupt"]);
+    let (status, r) = load(
+        &server,
+        &[
+            "--connections",
+            "10",
+            "--size",
+            "100",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+        ],
+    );
+    assert!(!status.success(), "{r}");
+    assert!(errors(&r, "corrupt") > 0, "{r}");
+}
+
+#[test]
+fn dropping_server_is_detected() {
+    let server = peer("fastwebsockets", &["--drop"]);
+    let (status, r) = load(
+        &server,
+        &[
+            "--connections",
+            "10",
+            "--size",
+            "100",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--in-flight",
+            "2",
+            "--drain",
+            "0.5",
+        ],
+    );
+    assert!(!status.success(), "{r}");
+    assert!(errors(&r, "lost") > 0, "{r}");
+}
+
+#[test]
+fn open_loop_holds_the_rate_and_reports_percentiles() {
+    let server = ringecho();
+    let (status, r) = load(
+        &server,
+        &[
+            "--connections",
+            "10",
+            "--size",
+            "64",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--rate",
+            "2000",
+        ],
+    );
+    assert!(status.success(), "{r}");
+    assert_eq!(r["mode"], "open", "{r}");
+    let rate = r["msgs_per_sec"].as_f64().unwrap_or(0.0);
+    assert!((1500.0..=2500.0).contains(&rate), "rate {rate}: {r}");
+    for p in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(r["latency_us"][p].as_u64().unwrap_or(0) > 0, "{p}: {r}");
+    }
+}
+
+#[test]
+fn raw_mode_against_raw_uring_peer() {
+    let server = peer("raw-uring", &[]);
+    let (status, r) = load(
+        &server,
+        &[
+            "--connections",
+            "10",
+            "--size",
+            "300",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--raw",
+            "--in-flight",
+            "3",
+        ],
+    );
+    assert!(status.success(), "{r}");
+    assert_eq!(r["error_total"], 0, "{r}");
+    assert!(r["messages"].as_u64().unwrap_or(0) > 0, "{r}");
+}
+
+#[test]
+fn nothing_listening_is_a_counted_connect_failure() {
+    // Bind then drop to find a port with (almost certainly) no listener.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let fake = Server {
+        child: Command::new("true").spawn().expect("spawn true"),
+        addr,
+    };
+    let (status, r) = load(
+        &fake,
+        &["--connections", "3", "--duration", "0.5", "--warmup", "0"],
+    );
+    assert!(!status.success(), "{r}");
+    assert_eq!(errors(&r, "connect_failed"), 3, "{r}");
+}
