@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# ringecho's test command (the README's): installs what the tests need on a
+# fresh Debian machine, then runs formatting, lints and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# The browser test drives Debian's Chromium; it fails (never skips) without it.
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "== installing chromium (browser test)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
+fi
+for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test (release: the load and size tests want an optimised server)"
+cargo test --workspace --release
