@@ -513,3 +513,42 @@ fn an_idle_peer_is_pinged_then_closed_when_silent() {
         s.write_all(&client_frame(true, 0xA, &payload)).unwrap();
     }
 }
+
+#[test]
+fn echo_through_ring_writes_only_matches_direct_send() {
+    // The default sends small echoes with one non-blocking sendmsg; this
+    // keeps the all-io_uring write path (and its partial-write handling)
+    // covered too.
+    for args in [
+        &["--threads", "1", "--no-direct-send"][..],
+        &["--threads", "1"][..],
+    ] {
+        let server = Ringecho::start(args);
+        bounded(60, async {
+            let (mut tx, mut rx) = connect(&server.url()).await.split();
+            let msgs: Vec<Message> = [0usize, 20, 126, 70_000, 3 << 20]
+                .iter()
+                .map(|&n| Message::Binary((0..n).map(|i| (i % 241) as u8).collect()))
+                .collect();
+            let to_send = msgs.clone();
+            let sender = tokio::spawn(async move {
+                for m in to_send {
+                    tx.send(m).await.unwrap();
+                }
+            });
+            for want in msgs {
+                let got = tokio::time::timeout(Duration::from_secs(30), rx.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                assert!(
+                    got == want,
+                    "{args:?}: echo of {} bytes differs",
+                    want.len()
+                );
+            }
+            sender.await.unwrap();
+        });
+    }
+}

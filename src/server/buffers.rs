@@ -363,21 +363,27 @@ mod tests {
             rest = &rest[n..];
             rb.restore(buf, n, spare);
             rb.process(&mut session, &mut out).unwrap();
-            out.fill_batch(&mut batch, 64);
-            for b in &batch {
-                wire.extend_from_slice(b);
-                let (p, l) = (b.as_ptr() as usize, b.len());
-                // Control frames are built inline; data must come from a read.
-                if l > 8 {
-                    in_place.push(
-                        regions
-                            .iter()
-                            .any(|&(s, e)| p >= s.saturating_sub(HEADROOM + 14) && p + l <= e),
-                    );
+            // Drain the queue as the connection loop does, batch by batch.
+            loop {
+                out.fill_batch(&mut batch, 64);
+                if batch.is_empty() {
+                    break;
                 }
+                for b in &batch {
+                    wire.extend_from_slice(b);
+                    let (p, l) = (b.as_ptr() as usize, b.len());
+                    // Control frames are built inline; data must come from a read.
+                    if l > 8 {
+                        in_place.push(
+                            regions
+                                .iter()
+                                .any(|&(s, e)| p >= s.saturating_sub(HEADROOM + 14) && p + l <= e),
+                        );
+                    }
+                }
+                let total: usize = batch.iter().map(|b| b.len()).sum();
+                out.advance(total);
             }
-            let total: usize = batch.iter().map(|b| b.len()).sum();
-            out.advance(total);
         }
         (wire, in_place, rb)
     }

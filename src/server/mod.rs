@@ -53,6 +53,8 @@ pub struct Config {
     pub ring_entries: u32,
     /// Ask for COOP_TASKRUN and SINGLE_ISSUER rings.
     pub ring_tuning: bool,
+    /// Try a non-blocking send before queueing a ring write.
+    pub direct_send: bool,
 }
 
 impl Default for Config {
@@ -76,6 +78,7 @@ impl Default for Config {
             subprotocols: Vec::new(),
             ring_entries: 1024,
             ring_tuning: true,
+            direct_send: true,
         }
     }
 }
