@@ -4,8 +4,12 @@
 //!
 //! One function per group; add new groups to `criterion_group!` below.
 
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    black_box, criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput,
+};
+use ringecho::protocol::frame::{encode_client_frame, OpCode};
 use ringecho::protocol::mask::{apply_mask, apply_mask_bytewise, selected_path_name};
+use ringecho::protocol::message::{Config, Event, Session};
 use ringecho::protocol::utf8::Utf8Validator;
 
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
@@ -107,5 +111,70 @@ fn utf8(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, unmask, utf8);
+/// Drive `session` over every frame in `buf` as the server does after a
+/// read; returns the echoed bytes so nothing can be optimised away.
+fn echo_buffer(session: &mut Session, buf: &mut [u8]) -> usize {
+    let mut pos = 0;
+    let mut sent = 0;
+    loop {
+        match session.step(buf, pos) {
+            Ok(step) => {
+                match step.event {
+                    Event::NeedMore => return sent,
+                    Event::Echo { frame } => sent += black_box(&buf[frame]).len(),
+                    other => panic!("unexpected {other:?}"),
+                }
+                pos = step.next;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
+
+/// The whole per-frame path through `Session::step`: header parse, unmask,
+/// UTF-8 validation and the in-place echo header, on masked ASCII text.
+/// Small frames come 1000 to a buffer so per-frame overhead shows against
+/// per-byte work. Unmasking is destructive, so each iteration gets a fresh
+/// copy of the pristine masked input, made in untimed setup.
+fn whole_path(c: &mut Criterion) {
+    let mut g = c.benchmark_group("whole_path");
+    for (size, frames, batch) in [
+        (20usize, 1000usize, BatchSize::SmallInput),
+        (16 << 10, 1, BatchSize::SmallInput),
+        (1 << 20, 1, BatchSize::LargeInput),
+    ] {
+        let text = ascii_text(size);
+        let mut pristine = Vec::new();
+        for _ in 0..frames {
+            encode_client_frame(true, OpCode::Text, KEY, &text, &mut pristine);
+        }
+        let payload = (size * frames) as u64;
+        g.throughput(Throughput::Bytes(payload));
+        let id = if frames > 1 {
+            format!("{frames} x {}", label(size))
+        } else {
+            label(size)
+        };
+        // Check once, outside timing, that every frame is echoed whole: a
+        // server header is the client's less the 4-byte masking key.
+        let mut check = pristine.clone();
+        let echoed = echo_buffer(&mut Session::new(Config::default()), &mut check);
+        assert_eq!(echoed, pristine.len() - 4 * frames);
+        g.bench_function(BenchmarkId::new("session_step", &id), |b| {
+            b.iter_batched_ref(
+                || (Session::new(Config::default()), pristine.clone()),
+                |(session, buf)| echo_buffer(session, buf),
+                batch,
+            )
+        });
+        // The memory-bandwidth yardstick for the same bytes.
+        let mut dst = vec![0u8; pristine.len()];
+        g.bench_function(BenchmarkId::new("copy", &id), |b| {
+            b.iter(|| black_box(&mut dst).copy_from_slice(black_box(&pristine)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, unmask, utf8, whole_path);
 criterion_main!(benches);

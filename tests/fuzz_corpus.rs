@@ -34,3 +34,17 @@ fn handshake_corpus_section_4_2() {
     // A missing or emptied corpus must fail, not pass vacuously.
     assert!(n >= 10, "only {n} handshake corpus files");
 }
+
+/// RFC 6455 §5.2 client frame header corpus.
+#[test]
+fn frame_corpus_section_5_2() {
+    let n = replay("frame", fuzz_entry::frame);
+    assert!(n >= 10, "only {n} frame corpus files");
+}
+
+/// RFC 6455 §5.4, §5.5 and §7 message and close corpus, cut into reads.
+#[test]
+fn session_corpus_sections_5_4_5_5_7() {
+    let n = replay("session", fuzz_entry::session);
+    assert!(n >= 10, "only {n} session corpus files");
+}

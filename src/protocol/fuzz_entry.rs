@@ -5,11 +5,18 @@
 //! They live in the library rather than in `fuzz/` so that plain `cargo test`
 //! replays the committed corpus on stable, without cargo-fuzz or nightly.
 
+use super::close_code;
 use super::error::Disposition;
+use super::frame::{
+    encode_client_frame, parse_client_header, server_header_len, FrameHeader, OpCode,
+    MAX_CLIENT_HEADER, MAX_CONTROL_PAYLOAD,
+};
 use super::handshake::{
     accept_key, parse_request, select_subprotocol, write_error_response, write_response,
     write_switching_protocols, Limits, Parsed, Request,
 };
+use super::message::{Config, StreamHarness};
+use super::Error;
 
 /// The opening handshake (RFC 6455 §4.2): parse `data` whole and at a few
 /// split points, check that the parser agrees with itself across splits, and
@@ -102,4 +109,192 @@ fn parse_response(out: &[u8]) -> (u16, &[u8]) {
         assert_eq!(declared, body.len());
     }
     (resp.code.unwrap_or(0), body)
+}
+
+/// Client frame headers (RFC 6455 §5.2): parse `data` whole and at every
+/// prefix a header can end in, and check that the incremental parser never
+/// decides differently on fewer bytes than on more.
+pub fn frame(data: &[u8]) {
+    let whole = parse_client_header(data, 0);
+    for cut in 0..=data.len().min(MAX_CLIENT_HEADER) {
+        let part = parse_client_header(&data[..cut], 0);
+        match (&whole, &part) {
+            // A header the prefix already holds parses exactly as it does whole.
+            (Ok(Some(h)), _) if cut >= h.header_len => assert_eq!(part, whole, "cut {cut}"),
+            (Ok(Some(_)), _) => assert_eq!(part, Ok(None), "cut {cut}"),
+            // More bytes can only complete a header, never refuse one.
+            (Ok(None), _) => assert_eq!(part, Ok(None), "cut {cut}"),
+            // An error is decided by the byte that shows it and then sticks.
+            (Err(_), Ok(None)) => {}
+            (Err(_), _) => assert_eq!(part, whole, "cut {cut}"),
+        }
+    }
+    if let Ok(Some(h)) = whole {
+        check_header(data, h);
+        // Allowing RSV bits may only turn a refusal into a header, never
+        // change a header that parsed without them.
+        assert_eq!(parse_client_header(data, 0x70), whole);
+    }
+}
+
+fn check_header(data: &[u8], h: FrameHeader) {
+    assert!(h.header_len <= MAX_CLIENT_HEADER && h.header_len <= data.len());
+    assert!(matches!(h.header_len, 6 | 8 | 14));
+    if h.opcode.is_control() {
+        // §5.5: control frames are never fragmented and carry at most 125 bytes.
+        assert!(h.fin && h.payload_len <= MAX_CONTROL_PAYLOAD as u64);
+    }
+    assert_eq!(h.payload_len >> 63, 0, "§5.2: top length bit is zero");
+    // The in-place echo writes the server header over the client's: it
+    // must fit even when the client spent more length bytes than needed.
+    assert!(server_header_len(h.payload_len) + 4 <= h.header_len);
+    // Where the client used the minimal encoding, re-encoding is identity.
+    if server_header_len(h.payload_len) + 4 == h.header_len && h.payload_len <= 1 << 16 {
+        let mut again = Vec::new();
+        let payload = vec![0u8; h.payload_len as usize];
+        encode_client_frame(h.fin, h.opcode, h.key, &payload, &mut again);
+        assert_eq!(&again[..h.header_len], &data[..h.header_len]);
+    }
+}
+
+/// What a client makes of the server's bytes: whole messages, pongs and the
+/// close, plus the echoed part of a message the input stream cut short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Text(Vec<u8>),
+    Binary(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(Option<u16>),
+    Open(OpCode, Vec<u8>),
+}
+
+/// The message layer (RFC 6455 §5.4, §5.5, §7): `data[0]` picks how the rest
+/// is cut into reads, the rest is the client's byte stream. The server's
+/// output must decode as well-formed server frames, a failure must end in a
+/// close that carries the error's code, and the outcome must not depend on
+/// how the stream was cut.
+pub fn session(data: &[u8]) {
+    let Some((&seed, stream)) = data.split_first() else {
+        return;
+    };
+    // Low bits choose the largest read: tiny reads stress headers split
+    // byte by byte, large ones whole frames with payload in a later read.
+    let max = [1u32, 3, 16, 300][usize::from(seed & 3)];
+    let mut rng = u32::from(seed) << 8 | 0x9E;
+    let mut split = StreamHarness::new(fuzz_config());
+    let mut rest = stream;
+    while !rest.is_empty() {
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        let n = (1 + rng % max) as usize;
+        let (piece, tail) = rest.split_at(n.min(rest.len()));
+        let _ = split.feed(piece);
+        rest = tail;
+    }
+    let mut whole = StreamHarness::new(fuzz_config());
+    let _ = whole.feed(stream);
+
+    let split_seen = decode_server(&split.out, split.error);
+    let whole_seen = decode_server(&whole.out, whole.error);
+    match (split.error, whole.error) {
+        (None, None) => assert_eq!(split_seen, whole_seen),
+        (Some(a), Some(b)) => assert_eq!(error_code(a), error_code(b), "{a:?} vs {b:?}"),
+        (a, b) => panic!("split run failed with {a:?}, whole run with {b:?}"),
+    }
+}
+
+fn fuzz_config() -> Config {
+    Config {
+        max_message_size: 1 << 16,
+    }
+}
+
+/// The close code a failure is reported with (§7.4.1).
+fn error_code(err: Error) -> u16 {
+    match err.disposition() {
+        Disposition::Close(code) => code,
+        Disposition::Http(_) => close_code::PROTOCOL_ERROR,
+    }
+}
+
+/// Decode the server's output as a strict client would: never masked, no
+/// RSV bits, minimal lengths, control frames whole and short, continuations
+/// only inside a message (§5.1, §5.2, §5.4, §5.5).
+fn decode_server(mut bytes: &[u8], error: Option<Error>) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    let mut open: Option<(OpCode, Vec<u8>)> = None;
+    let mut last_close = None;
+    while !bytes.is_empty() {
+        assert!(bytes.len() >= 2, "truncated server header");
+        let (b0, b1) = (bytes[0], bytes[1]);
+        assert_eq!(b1 & 0x80, 0, "§5.1: server frames are never masked");
+        assert_eq!(b0 & 0x70, 0, "no RSV bits without an extension");
+        let (len, at) = match b1 & 0x7F {
+            126 => (u64::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+            127 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&bytes[2..10]);
+                (u64::from_be_bytes(b), 10)
+            }
+            n => (u64::from(n), 2),
+        };
+        assert_eq!(at, server_header_len(len), "§5.2: minimal length encoding");
+        let end = at + usize::try_from(len).expect("length fits");
+        let payload = bytes.get(at..end).expect("truncated server payload");
+        let fin = b0 & 0x80 != 0;
+        let op = OpCode::from_u8(b0 & 0x0F).expect("known opcode");
+        assert!(last_close.is_none(), "nothing is sent after a close");
+        if op.is_control() {
+            assert!(fin && payload.len() <= MAX_CONTROL_PAYLOAD, "§5.5");
+        }
+        match op {
+            OpCode::Pong => seen.push(Seen::Pong(payload.to_vec())),
+            OpCode::Ping => panic!("the echo server never pings here"),
+            OpCode::Close => {
+                let code =
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                assert!(
+                    payload.len() != 1,
+                    "§5.5.1: a close body starts with a code"
+                );
+                assert!(std::str::from_utf8(payload.get(2..).unwrap_or_default()).is_ok());
+                last_close = Some(code);
+                seen.push(Seen::Close(code));
+            }
+            OpCode::Text | OpCode::Binary => {
+                assert!(open.is_none(), "§5.4: new message inside an open one");
+                open = Some((op, payload.to_vec()));
+            }
+            OpCode::Continuation => open
+                .as_mut()
+                .expect("§5.4: continuation outside a message")
+                .1
+                .extend_from_slice(payload),
+        }
+        if fin && !op.is_control() {
+            let (op, data) = open.take().expect("message in progress");
+            seen.push(if op == OpCode::Text {
+                assert!(
+                    std::str::from_utf8(&data).is_ok(),
+                    "§8.1: echoed text is UTF-8"
+                );
+                Seen::Text(data)
+            } else {
+                Seen::Binary(data)
+            });
+        }
+        bytes = &bytes[end..];
+    }
+    if let Some(err) = error {
+        assert_eq!(
+            last_close,
+            Some(Some(error_code(err))),
+            "a failure ends in a close carrying {err:?}'s code"
+        );
+    }
+    if let Some((op, data)) = open {
+        seen.push(Seen::Open(op, data));
+    }
+    seen
 }
