@@ -12,7 +12,6 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::RawFd;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
@@ -182,9 +181,6 @@ async fn linger_close(stream: &TcpStream, rb: &mut ReadBuffer) {
     }
 }
 
-type ReadOp<'a> = Pin<Box<dyn Future<Output = (io::Result<usize>, BytesMut, usize)> + 'a>>;
-type WriteOp<'a> = Pin<Box<dyn Future<Output = tokio_uring::BufResult<usize, Vec<Bytes>>> + 'a>>;
-
 /// Read into the spare capacity of `buf`; returns it with the spare size
 /// the read was offered.
 async fn read(stream: &TcpStream, buf: BytesMut) -> (io::Result<usize>, BytesMut, usize) {
@@ -224,8 +220,10 @@ async fn echo(stream: &TcpStream, mut rb: ReadBuffer, ctx: &ShardCtx, ctl: &Conn
     let mut out = OutQueue::new();
     let mut ending = Ending::Running;
     let mut spare_batch: Vec<Bytes> = Vec::with_capacity(MAX_IOV);
-    let mut read_op: Option<ReadOp<'_>> = None;
-    let mut write_op: Option<WriteOp<'_>> = None;
+    // The ops in flight live in pinned slots on this task's stack: each has
+    // one concrete future type, so no allocation per read or write.
+    let mut read_op = std::pin::pin!(None);
+    let mut write_op = std::pin::pin!(None);
 
     // Frames the client pipelined behind its handshake.
     if !rb.unprocessed().is_empty() {
@@ -242,7 +240,7 @@ async fn echo(stream: &TcpStream, mut rb: ReadBuffer, ctx: &ShardCtx, ctl: &Conn
         // Backpressure: stop reading while the peer is not taking our output.
         if read_op.is_none() && reading && out.queued_bytes() < cfg.max_output_bytes {
             let buf = rb.take_for_read(session.expects_payload(), 0);
-            read_op = Some(Box::pin(read(stream, buf)));
+            read_op.set(Some(read(stream, buf)));
         }
         if write_op.is_none() && out.has_pending() {
             let mut batch = std::mem::take(&mut spare_batch);
@@ -263,7 +261,7 @@ async fn echo(stream: &TcpStream, mut rb: ReadBuffer, ctx: &ShardCtx, ctl: &Conn
             if batch.is_empty() {
                 spare_batch = batch;
             } else {
-                write_op = Some(Box::pin(stream.writev(batch)));
+                write_op.set(Some(stream.writev(batch)));
             }
         }
         if write_op.is_none() && !out.has_pending() {
@@ -287,15 +285,15 @@ async fn echo(stream: &TcpStream, mut rb: ReadBuffer, ctx: &ShardCtx, ctl: &Conn
             if sig != 0 {
                 return Poll::Ready(Wake::Signal(sig));
             }
-            if let Some(op) = read_op.as_mut() {
-                if let Poll::Ready((res, buf, spare)) = op.as_mut().poll(cx) {
-                    read_op = None;
+            if let Some(op) = read_op.as_mut().as_pin_mut() {
+                if let Poll::Ready((res, buf, spare)) = op.poll(cx) {
+                    read_op.set(None);
                     return Poll::Ready(Wake::Read(res, buf, spare));
                 }
             }
-            if let Some(op) = write_op.as_mut() {
-                if let Poll::Ready((res, batch)) = op.as_mut().poll(cx) {
-                    write_op = None;
+            if let Some(op) = write_op.as_mut().as_pin_mut() {
+                if let Poll::Ready((res, batch)) = op.poll(cx) {
+                    write_op.set(None);
                     return Poll::Ready(Wake::Wrote(res, batch));
                 }
             }
@@ -375,10 +373,10 @@ async fn echo(stream: &TcpStream, mut rb: ReadBuffer, ctx: &ShardCtx, ctl: &Conn
 
     // Complete whatever is still in flight before the socket can close.
     let _ = stream.shutdown(Shutdown::Both);
-    if let Some(op) = read_op {
+    if let Some(op) = read_op.as_pin_mut() {
         let _ = op.await;
     }
-    if let Some(op) = write_op {
+    if let Some(op) = write_op.as_pin_mut() {
         let _ = op.await;
     }
     ctx.stats.copied_bytes.add(rb.carried);
