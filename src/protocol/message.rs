@@ -351,30 +351,7 @@ pub fn echo_all(
     input: &mut [u8],
     out: &mut Vec<u8>,
 ) -> Result<usize, Error> {
-    let mut pos = 0;
-    loop {
-        let Step { next, event } = session.step(input, pos)?;
-        match event {
-            Event::NeedMore => return Ok(next),
-            Event::Nothing => {}
-            Event::Echo { frame } => out.extend_from_slice(&input[frame]),
-            Event::EchoDetached {
-                header,
-                header_len,
-                payload,
-            } => {
-                out.extend_from_slice(&header[..header_len]);
-                out.extend_from_slice(&input[payload]);
-            }
-            Event::Pong(frame) => out.extend_from_slice(frame.as_bytes()),
-            Event::Closed { reply } => {
-                if let Some(frame) = reply {
-                    out.extend_from_slice(frame.as_bytes());
-                }
-            }
-        }
-        pos = next;
-    }
+    echo_all_from(session, input, 0, out).map(|(next, _closed)| next)
 }
 
 /// Feeds a session the way the server shell does: bytes arrive in arbitrary
