@@ -64,6 +64,13 @@ OPTIONS (defaults are safe on the open internet):
     --subprotocol NAME         A subprotocol the server may select (repeatable);
                                the first one the client offers that is listed is
                                chosen. None by default.
+    --allowed-origin ORIGIN    Allow WebSocket handshakes from this browser origin
+                               only (repeatable): a full origin
+                               (https://app.example.com), a host (example.com)
+                               or a wildcard (*.example.com). Others get 403,
+                               which stops cross-site WebSocket hijacking.
+                               Clients that send no Origin (non-browsers) are
+                               allowed. Default: every origin.
     --ring-entries N           Submission queue entries per io_uring [default: 1024]
     --no-ring-tuning           Do not ask for COOP_TASKRUN/SINGLE_ISSUER rings
     --no-direct-send           Always write through io_uring (by default an echo
@@ -267,6 +274,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
                 }
                 subprotocols.push(v);
             }
+            "--allowed-origin" => c.allowed_origins.push(value("--allowed-origin")?),
             "--ring-entries" => {
                 c.ring_entries =
                     count("--ring-entries", &value("--ring-entries")?, 8, 32768)? as u32

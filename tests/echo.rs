@@ -552,3 +552,40 @@ fn echo_through_ring_writes_only_matches_direct_send() {
         });
     }
 }
+
+#[test]
+fn origins_outside_the_allow_list_get_403_section_10_2() {
+    let server = Ringecho::start(&["--threads", "1", "--allowed-origin", "*.example.com"]);
+    let req = |origin: Option<&str>| {
+        let origin = origin
+            .map(|o| format!("Origin: {o}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{origin}\r\n"
+        )
+    };
+    assert_eq!(
+        http_request(server.addr, &req(Some("https://evil.test"))).0,
+        403
+    );
+    assert_eq!(
+        http_request(server.addr, &req(Some("https://example.com.evil.test"))).0,
+        403
+    );
+    assert_eq!(
+        http_request(server.addr, &req(Some("https://app.example.com"))).0,
+        101
+    );
+    assert_eq!(
+        http_request(server.addr, &req(None)).0,
+        101,
+        "non-browser clients send no Origin"
+    );
+    // Without the flag every origin is allowed (the documented default).
+    let open = Ringecho::start(&["--threads", "1"]);
+    assert_eq!(
+        http_request(open.addr, &req(Some("https://evil.test"))).0,
+        101
+    );
+}

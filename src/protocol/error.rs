@@ -46,6 +46,9 @@ pub enum Error {
     UnsupportedVersion,
     /// The header block is larger than the configured limit.
     HeadersTooLarge,
+    /// A browser Origin outside the configured list (§10.2: servers may
+    /// refuse origins they do not accept; prevents cross-site hijacking).
+    OriginNotAllowed,
 
     // ---- Framing (§5) ----
     /// A client frame without the MASK bit (§5.1, §5.3).
@@ -88,6 +91,7 @@ impl Error {
             Error::MethodNotAllowed => Http(405),
             Error::UnsupportedVersion => Http(426),
             Error::HeadersTooLarge => Http(431),
+            Error::OriginNotAllowed => Http(403),
             Error::UnmaskedFrame
             | Error::ReservedBits
             | Error::UnknownOpcode(_)
@@ -116,6 +120,7 @@ impl Error {
             Error::BadKey => "Sec-WebSocket-Key must be 16 bytes, base64",
             Error::UnsupportedVersion => "Sec-WebSocket-Version must be 13",
             Error::HeadersTooLarge => "request header block too large",
+            Error::OriginNotAllowed => "origin not allowed",
             Error::UnmaskedFrame => "client frames must be masked",
             Error::ReservedBits => "reserved bits set without an extension",
             Error::UnknownOpcode(_) => "unknown opcode",
@@ -158,6 +163,7 @@ mod tests {
         Error::BadKey,
         Error::UnsupportedVersion,
         Error::HeadersTooLarge,
+        Error::OriginNotAllowed,
         Error::UnmaskedFrame,
         Error::ReservedBits,
         Error::UnknownOpcode(3),
@@ -185,6 +191,7 @@ mod tests {
             Http(400),
             Http(426),
             Http(431),
+            Http(403),
             Close(1002),
             Close(1002),
             Close(1002),

@@ -445,5 +445,47 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// Whether a handshake's `Origin` is acceptable (§10.2). An empty list
+/// allows every origin. Requests without `Origin` come from non-browser
+/// clients, which cross-site hijacking cannot use, and are allowed. Each
+/// entry is a full origin (`https://app.example.com`), a host
+/// (`example.com`, any scheme and port), or a wildcard host
+/// (`*.example.com`, subdomains only); comparison ignores ASCII case.
+pub fn origin_allowed(origin: Option<&str>, allowed: &[impl AsRef<str>]) -> bool {
+    let Some(origin) = origin else {
+        return true;
+    };
+    if allowed.is_empty() {
+        return true;
+    }
+    // scheme "://" host [":" port]; "null" and other opaque origins have no host.
+    let host = origin.split_once("://").map(|(_, rest)| {
+        let rest = rest.trim_end_matches('/');
+        match rest.rsplit_once(':') {
+            Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => rest,
+        }
+    });
+    allowed.iter().any(|entry| {
+        let entry = entry.as_ref();
+        if entry.contains("://") || entry.eq_ignore_ascii_case("null") {
+            return entry.eq_ignore_ascii_case(origin.trim_end_matches('/'));
+        }
+        let Some(host) = host else {
+            return false;
+        };
+        match entry.strip_prefix("*.") {
+            Some(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host
+                        .get(host.len() - suffix.len()..)
+                        .is_some_and(|t| t.eq_ignore_ascii_case(suffix))
+                    && host.as_bytes().get(host.len() - suffix.len() - 1) == Some(&b'.')
+            }
+            None => host.eq_ignore_ascii_case(entry),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests;

@@ -137,6 +137,14 @@ async fn handshake(stream: &TcpStream, rb: &mut ReadBuffer, ctx: &ShardCtx) -> b
             }
             Ok(Parsed::Complete {
                 request: Request::Upgrade(req),
+                ..
+            }) if !handshake::origin_allowed(req.origin, &ctx.cfg.allowed_origins) => {
+                ctx.stats.handshake_errors.incr();
+                handshake::write_error_response(&mut response, Error::OriginNotAllowed);
+                None
+            }
+            Ok(Parsed::Complete {
+                request: Request::Upgrade(req),
                 consumed,
             }) => {
                 let protocol = handshake::select_subprotocol(&req.protocols, &ctx.cfg.subprotocols);

@@ -49,6 +49,8 @@ pub struct Config {
     pub read_sizing: ReadSizing,
     /// Subprotocols the server may select, in no particular order.
     pub subprotocols: Vec<String>,
+    /// Browser origins allowed to connect; empty allows all.
+    pub allowed_origins: Vec<String>,
     /// Submission queue entries per ring.
     pub ring_entries: u32,
     /// Ask for COOP_TASKRUN and SINGLE_ISSUER rings.
@@ -76,6 +78,7 @@ impl Default for Config {
                 max: 64 * 1024,
             },
             subprotocols: Vec::new(),
+            allowed_origins: Vec::new(),
             ring_entries: 1024,
             ring_tuning: true,
             direct_send: true,

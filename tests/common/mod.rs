@@ -116,15 +116,34 @@ pub fn http_request(addr: SocketAddr, request: &str) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(request.as_bytes()).unwrap();
+    // Read the head, then exactly Content-Length bytes: after a 101 the
+    // server keeps the connection open, so reading to EOF would only time out.
     let mut all = Vec::new();
-    let _ = s.read_to_end(&mut all);
-    let split = all
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("no header block end");
+    let mut chunk = [0u8; 4096];
+    let split = loop {
+        if let Some(p) = all.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed before the header block ended");
+        all.extend_from_slice(&chunk[..n]);
+    };
     let head = String::from_utf8(all[..split].to_vec()).unwrap();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head, all[split + 4..].to_vec())
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .map_or(0, |v| v.parse().unwrap());
+    while all.len() < split + 4 + len {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed before the body ended");
+        all.extend_from_slice(&chunk[..n]);
+    }
+    (status, head, all[split + 4..split + 4 + len].to_vec())
 }
 
 /// A raw WebSocket connection after a successful handshake.

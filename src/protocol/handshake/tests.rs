@@ -664,3 +664,44 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn section_10_2_origin_allow_list_exact_host_and_wildcard() {
+    let none: [&str; 0] = [];
+    assert!(
+        origin_allowed(Some("http://evil.example"), &none),
+        "empty list allows all"
+    );
+    let list = [
+        "example.com",
+        "*.example.org",
+        "https://app.example.net",
+        "null",
+    ];
+    for ok in [
+        "http://example.com",
+        "https://EXAMPLE.com:8443",
+        "https://a.example.org",
+        "http://x.y.example.org:80",
+        "https://app.example.net",
+        "null",
+    ] {
+        assert!(origin_allowed(Some(ok), &list), "{ok}");
+    }
+    for bad in [
+        "http://evil.com",
+        "http://example.com.evil.com",
+        "http://notexample.com",
+        "https://example.org",
+        "https://evilexample.org",
+        "http://app.example.net",
+        "https://app.example.net:444",
+    ] {
+        assert!(!origin_allowed(Some(bad), &list), "{bad}");
+    }
+    assert!(
+        origin_allowed(None, &list),
+        "non-browser clients send no Origin"
+    );
+    assert!(!origin_allowed(Some("null"), &["example.com"]));
+}
