@@ -589,3 +589,26 @@ fn origins_outside_the_allow_list_get_403_section_10_2() {
         101
     );
 }
+
+#[test]
+fn reading_resumes_after_backpressure_drains_through_a_direct_send() {
+    // With a tiny output bound, reading pauses after almost every read; each
+    // time the backlog drains the connection must read again, not end.
+    for args in [
+        &["--threads", "1", "--max-output", "1KiB"][..],
+        &["--threads", "1", "--max-output", "1KiB", "--no-direct-send"][..],
+    ] {
+        let server = Ringecho::start(args);
+        let mut s = raw_ws(server.addr);
+        let mut burst = Vec::new();
+        for i in 0..300u32 {
+            burst.extend(client_frame(true, 0x2, &[i as u8; 1000]));
+        }
+        s.write_all(&burst).unwrap();
+        for i in 0..300u32 {
+            let (op, payload) = read_message(&mut s)
+                .unwrap_or_else(|| panic!("{args:?}: connection ended after {i} echoes"));
+            assert_eq!((op, payload), (0x2, vec![i as u8; 1000]), "{args:?}");
+        }
+    }
+}

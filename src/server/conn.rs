@@ -239,17 +239,6 @@ async fn echo(stream: &TcpStream, mut rb: ReadBuffer, ctx: &ShardCtx, ctl: &Conn
     }
 
     loop {
-        // After a failure, drain input only once our close is out.
-        let reading = match ending {
-            Ending::Running | Ending::ServerClosing => true,
-            Ending::Failed => out.close_written(),
-            Ending::PeerClosed | Ending::Gone => false,
-        };
-        // Backpressure: stop reading while the peer is not taking our output.
-        if read_op.is_none() && reading && out.queued_bytes() < cfg.max_output_bytes {
-            let buf = rb.take_for_read(session.expects_payload(), 0);
-            read_op.set(Some(read(stream, buf)));
-        }
         if write_op.is_none() && out.has_pending() {
             let mut batch = std::mem::take(&mut spare_batch);
             out.fill_batch(&mut batch, MAX_IOV);
@@ -271,6 +260,21 @@ async fn echo(stream: &TcpStream, mut rb: ReadBuffer, ctx: &ShardCtx, ctl: &Conn
             } else {
                 write_op.set(Some(stream.writev(batch)));
             }
+        }
+        // Backpressure: stop reading while the peer is not taking our output.
+        // Decided after the write above: a direct send may have just drained
+        // the backlog, and then reading must resume now, or the loop would
+        // find nothing in flight and end a healthy connection.
+        // After a failure, drain input only once our close is out (which the
+        // write above may just have completed).
+        let reading = match ending {
+            Ending::Running | Ending::ServerClosing => true,
+            Ending::Failed => out.close_written(),
+            Ending::PeerClosed | Ending::Gone => false,
+        };
+        if read_op.is_none() && reading && out.queued_bytes() < cfg.max_output_bytes {
+            let buf = rb.take_for_read(session.expects_payload(), 0);
+            read_op.set(Some(read(stream, buf)));
         }
         if write_op.is_none() && !out.has_pending() {
             match ending {

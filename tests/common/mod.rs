@@ -234,3 +234,16 @@ pub fn closes_within(s: &mut TcpStream, timeout: Duration) -> bool {
     }
     false
 }
+
+/// Read one whole message, reassembling fragments (§5.4): (opcode, payload).
+/// None on EOF.
+pub fn read_message(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let (mut fin, opcode, mut payload) = read_frame(s)?;
+    while !fin {
+        let (f, op, more) = read_frame(s)?;
+        assert_eq!(op, 0x0, "expected a continuation frame");
+        payload.extend(more);
+        fin = f;
+    }
+    Some((opcode, payload))
+}
