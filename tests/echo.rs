@@ -38,6 +38,33 @@ async fn next(ws: &mut Ws) -> Message {
         .expect("protocol error")
 }
 
+/// Send `msgs` while receiving, as a real client does (the server's output
+/// is bounded, so a client that only reads after sending megabytes would
+/// stall both sides); returns as many messages as were sent.
+async fn send_while_receiving(url: &str, msgs: Vec<Message>) -> Vec<Message> {
+    let (mut tx, mut rx) = connect(url).await.split();
+    let count = msgs.len();
+    let sender = tokio::spawn(async move {
+        for m in msgs {
+            tx.send(m).await.unwrap();
+        }
+        tx
+    });
+    let mut got = Vec::with_capacity(count);
+    for _ in 0..count {
+        got.push(
+            tokio::time::timeout(Duration::from_secs(60), rx.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let mut tx = sender.await.unwrap();
+    tx.close().await.unwrap();
+    got
+}
+
 fn bounded<F: std::future::Future>(secs: u64, f: F) -> F::Output {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -55,7 +82,6 @@ fn bounded<F: std::future::Future>(secs: u64, f: F) -> F::Output {
 fn echoes_text_and_binary_at_every_length_class_section_5_2() {
     let server = Ringecho::start(&["--threads", "1"]);
     bounded(120, async {
-        let (mut tx, mut rx) = connect(&server.url()).await.split();
         let mut expected = Vec::new();
         for len in [0usize, 125, 126, 65535, 65536, 16 << 20] {
             let text: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
@@ -64,22 +90,8 @@ fn echoes_text_and_binary_at_every_length_class_section_5_2() {
                 (0..len).map(|i| (i * 31 % 256) as u8).collect(),
             ));
         }
-        // Send and receive at once, as a real client does: the server's
-        // output is bounded, so a client that only reads after sending 16 MiB
-        // would stall both sides.
-        let to_send = expected.clone();
-        let sender = tokio::spawn(async move {
-            for m in to_send {
-                tx.send(m).await.unwrap();
-            }
-            tx
-        });
-        for want in expected {
-            let got = tokio::time::timeout(Duration::from_secs(60), rx.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
+        let received = send_while_receiving(&server.url(), expected.clone()).await;
+        for (got, want) in received.into_iter().zip(expected) {
             assert!(
                 got == want,
                 "echo differs for a {} message of {} bytes",
@@ -87,8 +99,6 @@ fn echoes_text_and_binary_at_every_length_class_section_5_2() {
                 want.len()
             );
         }
-        let mut tx = sender.await.unwrap();
-        tx.close().await.unwrap();
     });
 }
 
@@ -525,30 +535,18 @@ fn echo_through_ring_writes_only_matches_direct_send() {
     ] {
         let server = Ringecho::start(args);
         bounded(60, async {
-            let (mut tx, mut rx) = connect(&server.url()).await.split();
             let msgs: Vec<Message> = [0usize, 20, 126, 70_000, 3 << 20]
                 .iter()
                 .map(|&n| Message::Binary((0..n).map(|i| (i % 241) as u8).collect()))
                 .collect();
-            let to_send = msgs.clone();
-            let sender = tokio::spawn(async move {
-                for m in to_send {
-                    tx.send(m).await.unwrap();
-                }
-            });
-            for want in msgs {
-                let got = tokio::time::timeout(Duration::from_secs(30), rx.next())
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .unwrap();
+            let received = send_while_receiving(&server.url(), msgs.clone()).await;
+            for (got, want) in received.into_iter().zip(msgs) {
                 assert!(
                     got == want,
                     "{args:?}: echo of {} bytes differs",
                     want.len()
                 );
             }
-            sender.await.unwrap();
         });
     }
 }
