@@ -37,14 +37,25 @@ pub(crate) fn runtime(cfg: &Config) -> io::Result<tokio_uring::Runtime> {
 /// Check that io_uring works here before any thread starts, so the failure
 /// is one clear message rather than one per shard.
 pub fn probe(cfg: &Config) -> Result<(), String> {
-    let attempt = |b: &io_uring::Builder| b.build(8).map(drop);
-    match attempt(&tuned(cfg)) {
+    let attempt = |b: &io_uring::Builder| b.build(8);
+    let ring = match attempt(&tuned(cfg)) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) && cfg.ring_tuning => {
             attempt(&io_uring::IoUring::builder())
         }
         other => other,
     }
-    .map_err(|e| explain(&e))
+    .map_err(|e| explain(&e))?;
+    // Without NODROP (Linux 5.5+) a full completion ring silently drops
+    // completions, and a connection whose read was dropped would hang
+    // forever; with it the kernel keeps the overflow until it is reaped.
+    if !ring.params().is_feature_nodrop() {
+        return Err(
+            "cannot start: this kernel's io_uring lacks IORING_FEAT_NODROP (Linux 5.5+), so \
+             completions could be lost under load; ringecho needs Linux 5.11 or later"
+                .to_string(),
+        );
+    }
+    Ok(())
 }
 
 /// Turn a ring set-up error into what happened and what to do about it.

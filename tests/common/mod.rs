@@ -18,7 +18,35 @@ impl Ringecho {
     /// Start the binary with `args` (plus `--listen 127.0.0.1:0`) and wait for
     /// its start-up line.
     pub fn start(args: &[&str]) -> Ringecho {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringecho"))
+        Ringecho::start_command(Command::new(env!("CARGO_BIN_EXE_ringecho")), args)
+    }
+
+    /// As `start`, with the process's RLIMIT_NOFILE (soft and hard) set to
+    /// `limit` before it runs, so it cannot raise it: descriptor exhaustion
+    /// on demand.
+    pub fn start_with_fd_limit(args: &[&str], limit: u64) -> Ringecho {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringecho"));
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls setrlimit, which is async-signal-safe, on a struct on its
+        // own stack; it touches no lock or allocation of the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ringecho::start_command(cmd, args)
+    }
+
+    fn start_command(mut cmd: Command, args: &[&str]) -> Ringecho {
+        let mut child = cmd
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
@@ -67,6 +95,42 @@ impl Ringecho {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .unwrap()
             .count()
+    }
+
+    /// CPU time (user + system) the server process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th fields of the line, in clock ticks.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf takes no pointers.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    /// Poll `/stats` until `pred` holds for its totals, at most `timeout`;
+    /// returns the last totals seen.
+    pub fn wait_stats(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let total = self.stats()["total"].clone();
+            if pred(&total) || Instant::now() >= deadline {
+                return total;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until `n` connections are open besides the stats request that
+    /// asks (which counts itself); returns the last totals seen.
+    pub fn wait_active(&self, n: u64, timeout: Duration) -> serde_json::Value {
+        self.wait_stats(timeout, |t| t["active"] == n + 1)
     }
 
     /// The server's /stats document.
@@ -146,30 +210,53 @@ pub fn http_request(addr: SocketAddr, request: &str) -> (u16, String, Vec<u8>) {
     (status, head, all[split + 4..split + 4 + len].to_vec())
 }
 
+/// A valid opening handshake request for `addr`.
+pub fn upgrade_request(addr: SocketAddr) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Read an HTTP response head byte by byte, so nothing after it is consumed.
+/// None if the connection ends or the read timeout passes first.
+pub fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).ok()?;
+        head.push(byte[0]);
+    }
+    Some(head)
+}
+
 /// A raw WebSocket connection after a successful handshake.
 pub fn raw_ws(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(
-        format!(
-            "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
+    s.write_all(upgrade_request(addr).as_bytes()).unwrap();
+    let head = read_head(&mut s).expect("handshake response");
     assert!(
         head.starts_with(b"HTTP/1.1 101 "),
         "{}",
         String::from_utf8_lossy(&head)
     );
     s
+}
+
+/// Close `s` with a TCP reset instead of a FIN (SO_LINGER 0): the peer
+/// vanishing abruptly.
+pub fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+}
+
+/// Send one binary message on a raw connection and check its echo.
+pub fn echo_once(s: &mut TcpStream, payload: &[u8]) {
+    s.write_all(&client_frame(true, 0x2, payload)).unwrap();
+    assert_eq!(read_message(s), Some((0x2, payload.to_vec())));
 }
 
 /// Masked client frame bytes.
