@@ -48,9 +48,11 @@ OPTIONS (defaults are safe on the open internet):
     --idle-timeout DUR         Silence after which the server pings; if another
                                period passes without a byte, it closes (1001).
                                0 disables [default: 60s]
-    --close-timeout DUR        Time a peer has to answer our close, or to hang up
-                               after a protocol error, before the socket is
-                               cut [default: 5s]
+    --close-timeout DUR        Time a closing connection has to finish: for the
+                               peer to take the rest of its echo and answer our
+                               close, or to hang up after a protocol error. A
+                               peer that stops reading is cut when it passes
+                               [default: 5s]
     --drain-timeout DUR        On SIGINT/SIGTERM: time to wait for close
                                handshakes after sending 1001 [default: 10s]
     --max-connections N        Open connections per shard; beyond it new ones are

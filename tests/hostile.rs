@@ -335,3 +335,50 @@ fn a_tiny_ring_under_many_connections_loses_no_completion() {
     assert_eq!(total["protocol_errors"], 0, "{total}");
     assert!(total["upgraded"].as_u64().unwrap() >= CONNS as u64);
 }
+
+#[test]
+fn an_idle_peer_that_never_reads_is_still_cut_after_the_close_timeout() {
+    // Its unread echo keeps a write on the ring forever, so the idle close
+    // can never be written: only the close timeout can end it.
+    let server = Ringecho::start(&[
+        "--threads",
+        "1",
+        "--idle-timeout",
+        "300ms",
+        "--close-timeout",
+        "300ms",
+    ]);
+    let mut s = raw_ws(server.addr);
+    s.set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let frame = client_frame(true, 0x2, &[1u8; 64 * 1024]);
+    while s.write_all(&frame).is_ok() {}
+    let total = server.wait_active(0, Duration::from_secs(5));
+    assert_eq!(total["active"], 1, "the stuck peer is still held: {total}");
+    assert!(total["idle_closed"].as_u64().unwrap() >= 1, "{total}");
+    assert!(total["timed_out"].as_u64().unwrap() >= 1, "{total}");
+}
+
+#[test]
+fn a_peer_that_fails_the_protocol_and_never_reads_is_cut_after_the_close_timeout() {
+    // The close after the violation queues behind megabytes of echo the
+    // peer never reads (§7.1.7): the connection must still end.
+    let server = Ringecho::start(&[
+        "--threads",
+        "1",
+        "--max-output",
+        "64MiB",
+        "--close-timeout",
+        "500ms",
+    ]);
+    let mut s = raw_ws(server.addr);
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let frame = client_frame(true, 0x2, &[2u8; 64 * 1024]);
+    for _ in 0..128 {
+        s.write_all(&frame).unwrap();
+    }
+    s.write_all(&[0x81, 0x02, b'n', b'o']).unwrap(); // unmasked: 1002
+    let total = server.wait_active(0, Duration::from_secs(6));
+    assert_eq!(total["active"], 1, "the failed peer is still held: {total}");
+    assert_eq!(total["protocol_errors"], 1, "{total}");
+}

@@ -227,6 +227,9 @@ async fn echo(stream: &TcpStream, mut rb: ReadBuffer, ctx: &ShardCtx, ctl: &Conn
     });
     let mut out = OutQueue::new();
     let mut ending = Ending::Running;
+    // After a failure: our close is out and our side of the TCP connection
+    // is shut, so the peer sees EOF after the close frame.
+    let mut half_closed = false;
     let mut spare_batch: Vec<Bytes> = Vec::with_capacity(MAX_IOV);
     // The ops in flight live in pinned slots on this task's stack: each has
     // one concrete future type, so no allocation per read or write.
@@ -276,14 +279,18 @@ async fn echo(stream: &TcpStream, mut rb: ReadBuffer, ctx: &ShardCtx, ctl: &Conn
             let buf = rb.take_for_read(session.expects_payload(), 0);
             read_op.set(Some(read(stream, buf)));
         }
+        if ending != Ending::Running && ctl.phase.get() != Phase::Closing {
+            // From here the close timeout bounds the connection's life. It
+            // must start now, not once our output is written: a peer that
+            // never reads would keep that write, and the connection, forever.
+            ctl.enter(Phase::Closing, ctx.now());
+        }
         if write_op.is_none() && !out.has_pending() {
             match ending {
                 Ending::PeerClosed | Ending::Gone => break,
-                Ending::Failed | Ending::ServerClosing if ctl.phase.get() != Phase::Closing => {
-                    ctl.enter(Phase::Closing, ctx.now());
-                    if ending == Ending::Failed {
-                        let _ = stream.shutdown(Shutdown::Write);
-                    }
+                Ending::Failed if !half_closed => {
+                    half_closed = true;
+                    let _ = stream.shutdown(Shutdown::Write);
                 }
                 _ => {}
             }
@@ -344,8 +351,10 @@ async fn echo(stream: &TcpStream, mut rb: ReadBuffer, ctx: &ShardCtx, ctl: &Conn
                 rb.restore(buf, 0, spare);
                 // EOF or error: nothing more will come. A peer that left
                 // without a close cannot be answered.
+                // Output still queued goes out first (the peer may only
+                // have half-closed); the close timeout bounds that wait.
                 ending = Ending::Gone;
-                if !out.has_pending() || ctl.phase.get() == Phase::Closing {
+                if !out.has_pending() {
                     break;
                 }
             }

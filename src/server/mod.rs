@@ -38,8 +38,9 @@ pub struct Config {
     /// Silence after which the server pings; as long again without a byte
     /// from the peer and the connection is closed. Zero disables.
     pub idle_timeout: Duration,
-    /// Time the peer has to answer our close (or to go away after a
-    /// protocol error) before the socket is cut.
+    /// Time a closing connection has to finish (the peer taking the rest of
+    /// its echo and answering our close, or going away after a protocol
+    /// error) before the socket is cut.
     pub close_timeout: Duration,
     /// Graceful-shutdown wait for close handshakes.
     pub drain_timeout: Duration,
