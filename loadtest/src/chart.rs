@@ -67,3 +67,55 @@ pub fn bars(path: &Path, title: &str, rows: &[Row], base: Option<f64>) -> Result
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
+
+/// The soak run's server RSS and open descriptors over time, the mixed
+/// phase shaded.
+pub fn soak(path: &Path, r: &crate::soak::SoakReport) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| format!("chart {}: {e}", path.display());
+    let root = SVGBackend::new(path, (900, 620)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (upper, lower) = root.split_vertically(310);
+    let t_end = r.samples.iter().map(|s| s.t).fold(1.0f64, f64::max);
+    let shade = RGBColor(255, 228, 200);
+    type Series = (&'static str, fn(&crate::soak::Sample) -> f64, &'static str);
+    let panels: [(&_, Series); 2] = [
+        (&upper, ("server RSS", |s| s.rss_kib as f64 / 1024.0, "MiB")),
+        (
+            &lower,
+            ("server open descriptors", |s| s.fds as f64, "descriptors"),
+        ),
+    ];
+    for (area, (title, value, unit)) in panels {
+        let top = r.samples.iter().map(value).fold(1.0f64, f64::max) * 1.2;
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!("{title} (hostile clients in the shaded span)"),
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..t_end, 0f64..top)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since the server started")
+            .y_desc(unit)
+            .draw()
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(r.mixed_from_s, 0.0), (r.mixed_to_s, top)],
+                shade.filled(),
+            )))
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(LineSeries::new(
+                r.samples.iter().map(|s| (s.t, value(s))),
+                RGBColor(200, 60, 40).stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

@@ -15,6 +15,7 @@ loadtest — load generator and comparison harness for ringecho
 USAGE:
     loadtest URL [OPTIONS]                 generate load against a WebSocket echo server
     loadtest compare [OPTIONS]             benchmark ringecho against peer echo servers
+    loadtest soak [OPTIONS]                long mixed well-behaved and hostile load
     loadtest peer KIND --listen ADDR:PORT  run a peer echo server
                                            KIND: fastwebsockets | tungstenite | raw-uring
 
@@ -54,6 +55,33 @@ COMPARE OPTIONS:
     --out DIR              Where NAME.md and NAME.svg go [default: docs/benchmarks]
     --name NAME            [default: c{connections}-s{size}]
 
+SOAK OPTIONS (loadtest soak --ringecho PATH): well-behaved open-loop clients
+alone (the baseline), then beside hostile clients; checks that they lose
+nothing, that their p99 stays within --max-p99-ratio of the baseline, and
+that the server's RSS stays flat and its descriptors return to the baseline.
+Writes NAME.md, NAME.json and NAME.svg; exit status 1 if a check fails.
+    --ringecho PATH        ringecho binary
+    --server-arg ARG       Extra ringecho flag (repeatable, e.g. --server-arg=--idle-timeout=20s)
+    --server-cpus LIST     [default: 0]; ringecho runs one shard per CPU listed
+    --client-cpus LIST     [default: 1]; the load and the hostile clients
+    --baseline SECS        Well-behaved clients alone [default: 60]
+    --duration SECS        Well-behaved and hostile clients together [default: 600]
+    --ramp SECS            Hostile clients alone before the mixed window [default: 5]
+    --recovery SECS        Time the server gets afterwards to let every hostile
+                           connection go [default: 60]
+    --connections N        Well-behaved connections [default: 100]
+    --size BYTES           Their message size [default: 256]
+    --rate MSGS_PER_SEC    Their total open-loop rate [default: 10000]
+    --slowloris N          Connections trickling a header that never ends [default: 50]
+    --never-read N         Connections pushing 64 KiB messages, never reading [default: 20]
+    --flooders N           Connections sending pings and messages back to back [default: 4]
+    --flood-rate PER_SEC   Frames per second per flooder; 0 = as fast as the
+                           socket takes them [default: 5000]
+    --reset-rate PER_SEC   Connections reset mid-handshake, mid-frame or mid-write
+                           [default: 20]
+    --max-p99-ratio X      [default: 2]
+    --out DIR  --name NAME [default: docs/benchmarks, soak]
+
 PEER OPTIONS:
     --listen ADDR:PORT     [default: 127.0.0.1:9002]; port 0 picks a free one
     --corrupt              (broken server, for tests) flip a byte of every 100th message
@@ -68,6 +96,7 @@ pub enum Command {
     Help,
     Load(LoadArgs),
     Compare(CompareArgs),
+    Soak(SoakArgs),
     Peer(PeerArgs),
 }
 
@@ -117,6 +146,29 @@ pub struct CompareArgs {
     pub name: Option<String>,
 }
 
+#[derive(Debug, Clone)]
+pub struct SoakArgs {
+    pub ringecho: PathBuf,
+    pub server_args: Vec<String>,
+    pub server_cpus: String,
+    pub client_cpus: String,
+    pub baseline: Duration,
+    pub duration: Duration,
+    pub ramp: Duration,
+    pub recovery: Duration,
+    pub connections: usize,
+    pub size: usize,
+    pub rate: f64,
+    pub slowloris: usize,
+    pub never_read: usize,
+    pub flooders: usize,
+    pub flood_rate: f64,
+    pub reset_rate: f64,
+    pub max_p99_ratio: f64,
+    pub out: PathBuf,
+    pub name: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerKind {
     FastWebSockets,
@@ -158,6 +210,7 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
     match first.as_str() {
         "-h" | "--help" | "help" => Ok(Command::Help),
         "compare" => parse_compare(&args[1..]).map(Command::Compare),
+        "soak" => parse_soak(&args[1..]).map(Command::Soak),
         "peer" => parse_peer(&args[1..]).map(Command::Peer),
         _ => parse_load(&args).map(Command::Load),
     }
@@ -419,6 +472,100 @@ fn parse_compare(args: &[String]) -> Result<CompareArgs, String> {
         return Err("--connections and --in-flight must be at least 1".into());
     }
     Ok(c)
+}
+
+fn parse_soak(args: &[String]) -> Result<SoakArgs, String> {
+    let mut s = SoakArgs {
+        ringecho: PathBuf::new(),
+        server_args: Vec::new(),
+        server_cpus: "0".into(),
+        client_cpus: "1".into(),
+        baseline: Duration::from_secs(60),
+        duration: Duration::from_secs(600),
+        ramp: Duration::from_secs(5),
+        recovery: Duration::from_secs(60),
+        connections: 100,
+        size: 256,
+        rate: 10_000.0,
+        slowloris: 50,
+        never_read: 20,
+        flooders: 4,
+        flood_rate: 5000.0,
+        reset_rate: 20.0,
+        max_p99_ratio: 2.0,
+        out: PathBuf::from("docs/benchmarks"),
+        name: "soak".into(),
+    };
+    let mut have_ringecho = false;
+    let mut f = Flags { args, at: 0 };
+    let positive = |flag: &str, v: f64| {
+        if v > 0.0 && v.is_finite() {
+            Ok(v)
+        } else {
+            Err(format!("{flag} must be positive"))
+        }
+    };
+    while let Some(flag) = f.next_flag() {
+        // `--server-arg=--flag=value` keeps a value that starts with "--"
+        // from being read as one of ours.
+        if let Some(v) = flag.strip_prefix("--server-arg=") {
+            s.server_args.push(v.into());
+            continue;
+        }
+        match flag {
+            "--ringecho" => {
+                s.ringecho = PathBuf::from(f.value(flag)?);
+                have_ringecho = true;
+            }
+            "--server-arg" => s.server_args.push(f.value(flag)?.into()),
+            "--server-cpus" => {
+                let v = f.value(flag)?;
+                parse_cpu_list(v)?;
+                s.server_cpus = v.into();
+            }
+            "--client-cpus" => {
+                let v = f.value(flag)?;
+                parse_cpu_list(v)?;
+                s.client_cpus = v.into();
+            }
+            "--baseline" => s.baseline = f.secs(flag)?,
+            "--duration" | "-d" => s.duration = f.secs(flag)?,
+            "--ramp" => s.ramp = f.secs(flag)?,
+            "--recovery" => s.recovery = f.secs(flag)?,
+            "--connections" | "-c" => s.connections = f.num(flag)?,
+            "--size" | "-s" => s.size = f.num(flag)?,
+            "--rate" => s.rate = positive(flag, f.num(flag)?)?,
+            "--slowloris" => s.slowloris = f.num(flag)?,
+            "--never-read" => s.never_read = f.num(flag)?,
+            "--flooders" => s.flooders = f.num(flag)?,
+            "--flood-rate" => {
+                let v: f64 = f.num(flag)?;
+                if !(v >= 0.0 && v.is_finite()) {
+                    return Err("--flood-rate must be 0 or positive".into());
+                }
+                s.flood_rate = v;
+            }
+            "--reset-rate" => {
+                let v: f64 = f.num(flag)?;
+                if !(v >= 0.0 && v.is_finite()) {
+                    return Err("--reset-rate must be 0 or positive".into());
+                }
+                s.reset_rate = v;
+            }
+            "--max-p99-ratio" => s.max_p99_ratio = positive(flag, f.num(flag)?)?,
+            "--out" => s.out = PathBuf::from(f.value(flag)?),
+            "--name" => s.name = f.value(flag)?.into(),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("soak: unexpected argument {other}")),
+        }
+    }
+    if !have_ringecho {
+        return Err("soak needs --ringecho PATH (e.g. target/release/ringecho)".into());
+    }
+    if s.connections == 0 || s.baseline.is_zero() || s.duration.is_zero() {
+        return Err("--connections, --baseline and --duration must be positive".into());
+    }
+    Ok(s)
 }
 
 fn parse_peer(args: &[String]) -> Result<PeerArgs, String> {

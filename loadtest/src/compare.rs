@@ -2,64 +2,16 @@
 //! each peer in turn, server and client pinned to disjoint CPU sets, with a
 //! markdown table and an SVG chart as the result.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use crate::cli::{parse_cpu_list, CompareArgs, PeerKind};
+use crate::process::{run_load, start_server, Server};
 use crate::report::Report;
 
-/// A server under test; stopped (SIGTERM, then SIGKILL) when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: kill(2) with a pid of a child we have not reaped yet.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Spawn from a thread pinned to `cpus`: the child inherits the mask, and
-/// every thread it starts inherits it in turn.
-fn spawn_pinned(mut cmd: Command, cpus: &[usize]) -> Result<Child, String> {
-    let cpus = cpus.to_vec();
-    std::thread::spawn(move || {
-        crate::affinity::pin_current_thread(&cpus).map_err(|e| format!("pin to {cpus:?}: {e}"))?;
-        cmd.spawn().map_err(|e| format!("spawn: {e}"))
-    })
-    .join()
-    .map_err(|_| "spawning thread panicked".to_string())?
-}
-
-/// The address from a `... listening on [ws://]ADDR[/...]` line.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    let rest = rest.strip_prefix("ws://").unwrap_or(rest);
-    let end = rest.find(['/', ' ']).unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
-fn start_server(name: &str, args: &CompareArgs, cpus: &[usize]) -> Result<Server, String> {
-    let mut cmd = if name == "ringecho" {
+fn start(name: &str, args: &CompareArgs, cpus: &[usize]) -> Result<Server, String> {
+    let cmd = if name == "ringecho" {
         let mut c = Command::new(&args.ringecho);
         c.args(["--threads", "1", "--listen", "127.0.0.1:0"]);
         c
@@ -69,28 +21,7 @@ fn start_server(name: &str, args: &CompareArgs, cpus: &[usize]) -> Result<Server
         c.args(["peer", name, "--listen", "127.0.0.1:0"]);
         c
     };
-    cmd.stdout(Stdio::piped()).stdin(Stdio::null());
-    let mut child = spawn_pinned(cmd, cpus)?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    // Keep reading after the line we want so a chatty server never blocks
-    // on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(a) = listening_addr(&line) {
-                let _ = tx.send(a);
-            }
-        }
-    });
-    let mut server = Server {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-    };
-    server.addr = rx
-        .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| format!("{name} did not report its address within 10 s"))?;
-    Ok(server)
+    start_server(name, cmd, cpus)
 }
 
 fn run_client(
@@ -99,45 +30,31 @@ fn run_client(
     server: &Server,
     cpus: &[usize],
 ) -> Result<Report, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let pin: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
-    let mut cmd = Command::new(exe);
-    cmd.arg(format!("ws://{}/", server.addr))
-        .args(["--connections", &args.connections.to_string()])
-        .args(["--size", &args.size.to_string()])
-        .args(["--duration", &args.duration.as_secs_f64().to_string()])
-        .args(["--warmup", &args.warmup.as_secs_f64().to_string()])
-        .args(["--in-flight", &args.in_flight.to_string()])
-        .args(["--threads", &cpus.len().to_string()])
-        .args(["--pin", &pin.join(",")])
-        .args(["--server-pid", &server.child.id().to_string()])
-        .arg("--json")
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null());
+    let mut load: Vec<String> = vec![
+        format!("ws://{}/", server.addr),
+        "--connections".into(),
+        args.connections.to_string(),
+        "--size".into(),
+        args.size.to_string(),
+        "--duration".into(),
+        args.duration.as_secs_f64().to_string(),
+        "--warmup".into(),
+        args.warmup.as_secs_f64().to_string(),
+        "--in-flight".into(),
+        args.in_flight.to_string(),
+        "--threads".into(),
+        cpus.len().to_string(),
+        "--pin".into(),
+        pin.join(","),
+        "--server-pid".into(),
+        server.pid().to_string(),
+    ];
     if name == "raw-uring" {
-        cmd.arg("--raw");
+        load.push("--raw".into());
     }
-    let mut child = spawn_pinned(cmd, cpus)?;
-    let mut stdout = child.stdout.take().ok_or("no stdout")?;
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + args.warmup + args.duration + Duration::from_secs(60);
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("client against {name} did not finish in time"));
-            }
-        }
-    }
-    let out = reader.join().unwrap_or_default();
-    serde_json::from_str(out.trim()).map_err(|e| format!("client against {name}: bad report: {e}"))
+    let limit = args.warmup + args.duration + Duration::from_secs(60);
+    run_load(&format!("client against {name}"), &load, cpus, limit)
 }
 
 /// Medians over rounds of what the table shows.
@@ -209,7 +126,7 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
                 args.connections,
                 args.size
             );
-            let server = start_server(display, &args, &server_cpus)?;
+            let server = start(display, &args, &server_cpus)?;
             let report = run_client(display, &args, &server, &client_cpus)?;
             drop(server);
             eprintln!(
@@ -310,19 +227,6 @@ fn markdown(args: &CompareArgs, name: &str, rows: &[Row], base: Option<f64>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_addresses() {
-        assert_eq!(
-            listening_addr("ringecho listening on ws://127.0.0.1:4000/ with 1 shard(s)"),
-            Some("127.0.0.1:4000".parse().unwrap())
-        );
-        assert_eq!(
-            listening_addr("listening on 127.0.0.1:5"),
-            Some("127.0.0.1:5".parse().unwrap())
-        );
-        assert_eq!(listening_addr("hello"), None);
-    }
 
     #[test]
     fn medians() {

@@ -8,7 +8,9 @@ mod client;
 mod compare;
 mod cpu_time;
 mod peers;
+mod process;
 mod report;
+mod soak;
 
 use std::process::ExitCode;
 
@@ -60,6 +62,17 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("loadtest peer: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        cli::Command::Soak(s) => match soak::run(s) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!("loadtest soak: a check failed (see the table)");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("loadtest soak: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -302,3 +302,95 @@ fn nothing_listening_is_a_counted_connect_failure() {
     assert!(!status.success(), "{r}");
     assert_eq!(errors(&r, "connect_failed"), 3, "{r}");
 }
+
+/// `loadtest soak` with every timeout short, so each kind of hostile client
+/// meets its defence within seconds. The latency check is a benchmark's,
+/// not a test's, and is switched off with a huge ratio.
+fn soak(extra: &[&str], out: &std::path::Path) -> (ExitStatus, serde_json::Value) {
+    let mut child = Command::new(LOADTEST)
+        .arg("soak")
+        .arg("--ringecho")
+        .arg(ringecho_bin())
+        .args(["--baseline", "2", "--ramp", "1", "--recovery", "15"])
+        .args(["--connections", "20", "--rate", "2000"])
+        .args(["--slowloris", "10", "--never-read", "4", "--flooders", "2"])
+        .args(["--flood-rate", "1000", "--reset-rate", "10"])
+        .args(["--max-p99-ratio", "1000"])
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn loadtest soak");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait soak") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("soak ran past 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let json = std::fs::read_to_string(out.join("soak.json")).expect("soak.json written");
+    (
+        status,
+        serde_json::from_str(&json).expect("soak.json parses"),
+    )
+}
+
+fn hostile<'a>(r: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    r["hostile"]
+        .as_array()
+        .and_then(|v| v.iter().find(|h| h["kind"] == kind))
+        .unwrap_or_else(|| panic!("no {kind} clients in {r}"))
+}
+
+#[test]
+fn soak_meets_every_hostile_client_with_its_defence_and_recovers() {
+    let out = std::env::temp_dir().join(format!("ringecho-soak-{}", std::process::id()));
+    let (status, r) = soak(
+        &[
+            "--duration",
+            "6",
+            "--server-arg=--handshake-timeout=1s",
+            "--server-arg=--idle-timeout=1s",
+            "--server-arg=--close-timeout=1s",
+        ],
+        &out,
+    );
+    let checks = r["checks"].to_string();
+    assert!(status.success(), "{checks}");
+    assert_eq!(r["mixed"]["error_total"], 0, "{}", r["mixed"]);
+    assert!(r["mixed"]["messages"].as_u64().unwrap_or(0) > 5000);
+    // Each kind really ran and really met the server's defence.
+    assert!(hostile(&r, "slowloris")["cut_by_server"].as_u64() > Some(0));
+    assert!(hostile(&r, "never-read")["cut_by_server"].as_u64() > Some(0));
+    assert!(hostile(&r, "flood")["opened"].as_u64() > Some(0));
+    assert!(hostile(&r, "reset")["opened"].as_u64() > Some(10));
+    let server = &r["server_stats"]["total"];
+    assert!(server["timed_out"].as_u64() > Some(0), "{server}");
+    assert!(server["idle_closed"].as_u64() > Some(0), "{server}");
+    assert!(r["fds_end"].as_u64() <= r["fds_baseline"].as_u64(), "{r}");
+    for ext in ["md", "svg"] {
+        assert!(out.join(format!("soak.{ext}")).exists(), "soak.{ext}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn soak_fails_when_well_behaved_clients_are_not_served() {
+    // A connection limit below the well-behaved clients' count: some of
+    // them are refused, and the run must say so in its exit status.
+    let out = std::env::temp_dir().join(format!("ringecho-soak-fail-{}", std::process::id()));
+    let (status, r) = soak(
+        &["--duration", "1", "--server-arg=--max-connections=5"],
+        &out,
+    );
+    assert!(!status.success(), "{}", r["checks"]);
+    assert_eq!(r["checks"][0]["passed"], false, "{}", r["checks"]);
+    let _ = std::fs::remove_dir_all(&out);
+}
