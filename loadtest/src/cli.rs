@@ -38,7 +38,11 @@ LOAD OPTIONS (URL is ws://IP:PORT/PATH, or tcp://IP:PORT with --raw):
     --raw                  Raw TCP: send the pre-built masked frame bytes, expect
                            them back verbatim (for a raw echo server)
     --json                 Print one JSON object on stdout instead of the text report
-    --server-pid PID       Sample this process's CPU time over the measured window
+    --server-pid PID       Sample this process's CPU time over the measured window,
+                           and its RSS before the run and under load (RSS per
+                           connection in the report)
+    --server-stats         The target is ringecho: with --server-pid, also read its
+                           /stats for the connections open per shard
     --drain SECS           After the window, time to wait for outstanding echoes before
                            counting them lost [default: 2]
     --connect-timeout SECS Time for all connections of a thread to be set up [default: 15]
@@ -120,6 +124,8 @@ pub struct LoadArgs {
     pub raw: bool,
     pub json: bool,
     pub server_pid: Option<u32>,
+    /// The target is ringecho: read its `/stats` for per-shard counts.
+    pub server_stats: bool,
     pub drain: Duration,
     pub connect_timeout: Duration,
     /// Hidden: this process is a child of a split run; print the JSON with
@@ -273,6 +279,7 @@ fn parse_load(args: &[String]) -> Result<LoadArgs, String> {
         raw: false,
         json: false,
         server_pid: None,
+        server_stats: false,
         drain: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(15),
         child: false,
@@ -315,6 +322,7 @@ fn parse_load(args: &[String]) -> Result<LoadArgs, String> {
             "--raw" => a.raw = true,
             "--json" => a.json = true,
             "--server-pid" => a.server_pid = Some(f.num(flag)?),
+            "--server-stats" => a.server_stats = true,
             "--drain" => a.drain = f.secs(flag)?,
             "--connect-timeout" => a.connect_timeout = f.secs(flag)?,
             "--child" => a.child = true,

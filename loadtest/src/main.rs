@@ -10,6 +10,7 @@ mod cpu_time;
 mod peers;
 mod process;
 mod report;
+mod server_watch;
 mod soak;
 
 use std::process::ExitCode;

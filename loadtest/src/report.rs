@@ -91,6 +91,9 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     pub error_total: u64,
     pub cpu: Option<CpuUse>,
+    /// The server process under the load (`--server-pid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<crate::server_watch::ServerSide>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub histograms: Option<EncodedHistograms>,
 }
@@ -161,6 +164,7 @@ impl Report {
             error_total: errors.values().sum(),
             errors,
             cpu,
+            server: None,
             histograms: args.child.then(|| EncodedHistograms {
                 latency: encode(&stats.latency),
                 connect: encode(&stats.connect),
@@ -234,6 +238,20 @@ impl Report {
                 let _ = write!(o, ", server {s:.0}%");
             }
             let _ = writeln!(o, " (100% = one core)");
+        }
+        if let Some(s) = &self.server {
+            let _ = write!(
+                o,
+                "  server RSS: {:.1} MiB before, {:.1} MiB with {} connections open ({:.2} KiB each)",
+                s.rss_kib_before as f64 / 1024.0,
+                s.rss_kib_loaded as f64 / 1024.0,
+                s.connections,
+                s.rss_per_connection_kib
+            );
+            if !s.shards_active.is_empty() {
+                let _ = write!(o, "; per shard {:?}", s.shards_active);
+            }
+            let _ = writeln!(o);
         }
         if self.errors.is_empty() {
             let _ = writeln!(o, "  errors: none");

@@ -230,7 +230,9 @@ async fn echo(stream: &TcpStream, mut rb: ReadBuffer, ctx: &ShardCtx, ctl: &Conn
     // After a failure: our close is out and our side of the TCP connection
     // is shut, so the peer sees EOF after the close frame.
     let mut half_closed = false;
-    let mut spare_batch: Vec<Bytes> = Vec::with_capacity(MAX_IOV);
+    // Grows to what the connection's traffic needs and is then reused: an
+    // idle or chatty connection keeps a few slots, not MAX_IOV (8 KiB).
+    let mut spare_batch: Vec<Bytes> = Vec::new();
     // The ops in flight live in pinned slots on this task's stack: each has
     // one concrete future type, so no allocation per read or write.
     let mut read_op = std::pin::pin!(None);

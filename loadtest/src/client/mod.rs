@@ -36,10 +36,22 @@ pub fn run(args: LoadArgs) -> Result<Report, String> {
         }
         None => None,
     };
-    if args.connections > per_process && !args.child {
-        return split::run(&args, per_process, source_ips.unwrap_or(1));
-    }
-    run_in_process(&args, source_ips)
+    // The top-level process watches the server; children of a split run
+    // leave it to their parent.
+    let watch = match args.server_pid {
+        Some(pid) if !args.child => Some(crate::server_watch::Watch::start(
+            pid,
+            args.server_stats.then_some(args.addr),
+        )),
+        _ => None,
+    };
+    let mut report = if args.connections > per_process && !args.child {
+        split::run(&args, per_process, source_ips.unwrap_or(1))
+    } else {
+        run_in_process(&args, source_ips)
+    }?;
+    report.server = watch.map(|w| w.finish(report.connections_open));
+    Ok(report)
 }
 
 fn run_in_process(args: &LoadArgs, source_ips: Option<u32>) -> Result<Report, String> {

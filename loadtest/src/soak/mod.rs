@@ -7,8 +7,7 @@
 mod hostile;
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +18,7 @@ use serde::Serialize;
 use crate::cli::{parse_cpu_list, SoakArgs};
 use crate::process::{run_load, start_server, Server};
 use crate::report::Report;
+use crate::server_watch::{open_fds, ringecho_active, ringecho_stats, rss_kib};
 use hostile::{Hostiles, KindSummary, Plan};
 
 /// One look at the server process.
@@ -60,38 +60,8 @@ pub struct SoakReport {
     pub checks: Vec<Check>,
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn open_fds(pid: u32) -> Option<u64> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
-}
-
-/// ringecho's `/stats` document (the server closes after one response).
-fn server_stats(addr: SocketAddr) -> Option<serde_json::Value> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(format!("GET /stats HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut all = Vec::new();
-    let _ = s.read_to_end(&mut all);
-    let at = all.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    serde_json::from_slice(all.get(at..)?).ok()
-}
-
 fn active(addr: SocketAddr) -> Option<u64> {
-    // The request asking is one of the open connections.
-    server_stats(addr)?["total"]["active"]
-        .as_u64()
-        .map(|n| n.saturating_sub(1))
+    ringecho_active(addr).map(|v| v.iter().sum())
 }
 
 fn sample(pid: u32, addr: SocketAddr, t0: Instant) -> Sample {
@@ -229,7 +199,7 @@ pub fn run(a: SoakArgs) -> Result<bool, String> {
         std::thread::sleep(Duration::from_millis(500));
         end = sample(server.pid(), server.addr, t0);
     }
-    let server_stats = server_stats(server.addr).unwrap_or_default();
+    let server_stats = ringecho_stats(server.addr).unwrap_or_default();
     let mut samples = sampler.finish();
     samples.push(end);
     drop(server);
