@@ -195,36 +195,54 @@ fn push(s: &mut TcpStream, stream: &[u8], pos: &mut usize, mut budget: usize) ->
     Ok(())
 }
 
-/// Slowloris: a header block that never ends, one byte a second. The
-/// server's handshake deadline cuts each; the client reconnects.
-fn slowloris(plan: &Plan, c: &Counts, stop: &AtomicBool) {
-    let mut conns: Vec<Option<TcpStream>> = (0..plan.slowloris).map(|_| None).collect();
-    let head = format!("GET / HTTP/1.1\r\nHost: {}\r\nX-Slow: ", plan.addr);
-    let mut discard = [0u8; 1024];
-    while running(plan, stop) {
-        for slot in conns.iter_mut() {
-            match slot {
-                None => match TcpStream::connect_timeout(&plan.addr, Duration::from_secs(2))
-                    .and_then(|mut s| {
-                        s.write_all(head.as_bytes())?;
-                        s.set_nonblocking(true)?;
-                        Ok(s)
-                    }) {
-                    Ok(s) => {
-                        incr(&c.opened);
-                        *slot = Some(s);
-                    }
-                    Err(_) => incr(&c.failed),
-                },
-                Some(s) => {
-                    let mut one = 0;
-                    if server_ended(s, &mut discard) || push(s, b"a", &mut one, 1).is_err() {
-                        incr(&c.cut);
-                        *slot = None;
-                    }
+/// A hostile connection and its position in the byte stream it repeats.
+type Slot = Option<(TcpStream, usize)>;
+
+/// One round over `slots`: an empty one gets a new connection, a live one
+/// is handed to `alive`, and one that `alive` finds dead (the server ended
+/// it) is counted as cut and emptied for the next round.
+fn tend(
+    slots: &mut [Slot],
+    c: &Counts,
+    connect: impl Fn() -> std::io::Result<TcpStream>,
+    mut alive: impl FnMut(&mut TcpStream, &mut usize) -> bool,
+) {
+    for slot in slots.iter_mut() {
+        match slot {
+            None => match connect() {
+                Ok(s) => {
+                    incr(&c.opened);
+                    *slot = Some((s, 0));
+                }
+                Err(_) => incr(&c.failed),
+            },
+            Some((s, pos)) => {
+                if !alive(s, pos) {
+                    incr(&c.cut);
+                    *slot = None;
                 }
             }
         }
+    }
+}
+
+/// Slowloris: a header block that never ends, one byte a second. The
+/// server's handshake deadline cuts each; the client reconnects.
+fn slowloris(plan: &Plan, c: &Counts, stop: &AtomicBool) {
+    let mut conns: Vec<Slot> = (0..plan.slowloris).map(|_| None).collect();
+    let head = format!("GET / HTTP/1.1\r\nHost: {}\r\nX-Slow: ", plan.addr);
+    let connect = || {
+        let mut s = TcpStream::connect_timeout(&plan.addr, Duration::from_secs(2))?;
+        s.write_all(head.as_bytes())?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    };
+    let mut discard = [0u8; 1024];
+    while running(plan, stop) {
+        tend(&mut conns, c, connect, |s, _| {
+            let mut one = 0;
+            !server_ended(s, &mut discard) && push(s, b"a", &mut one, 1).is_ok()
+        });
         pause(Duration::from_secs(1), plan, stop);
     }
 }
@@ -235,25 +253,14 @@ fn slowloris(plan: &Plan, c: &Counts, stop: &AtomicBool) {
 fn never_read(plan: &Plan, c: &Counts, stop: &AtomicBool) {
     let mut frame = Vec::new();
     encode_client_frame(true, OpCode::Binary, KEY, &[0x5a; 64 * 1024], &mut frame);
-    let mut conns: Vec<Option<(TcpStream, usize)>> = (0..plan.never_read).map(|_| None).collect();
+    let mut conns: Vec<Slot> = (0..plan.never_read).map(|_| None).collect();
     while running(plan, stop) {
-        for slot in conns.iter_mut() {
-            match slot {
-                None => match upgraded(plan.addr) {
-                    Ok(s) => {
-                        incr(&c.opened);
-                        *slot = Some((s, 0));
-                    }
-                    Err(_) => incr(&c.failed),
-                },
-                Some((s, pos)) => {
-                    if push(s, &frame, pos, usize::MAX).is_err() {
-                        incr(&c.cut);
-                        *slot = None;
-                    }
-                }
-            }
-        }
+        tend(
+            &mut conns,
+            c,
+            || upgraded(plan.addr),
+            |s, pos| push(s, &frame, pos, usize::MAX).is_ok(),
+        );
         pause(Duration::from_millis(100), plan, stop);
     }
     for (s, _) in conns.into_iter().flatten() {
@@ -283,26 +290,15 @@ fn flood(plan: &Plan, c: &Counts, stop: &AtomicBool) {
     } else {
         usize::MAX
     };
-    let mut conns: Vec<Option<(TcpStream, usize)>> = (0..plan.flooders).map(|_| None).collect();
+    let mut conns: Vec<Slot> = (0..plan.flooders).map(|_| None).collect();
     let mut discard = vec![0u8; 64 * 1024];
     while running(plan, stop) {
-        for slot in conns.iter_mut() {
-            match slot {
-                None => match upgraded(plan.addr) {
-                    Ok(s) => {
-                        incr(&c.opened);
-                        *slot = Some((s, 0));
-                    }
-                    Err(_) => incr(&c.failed),
-                },
-                Some((s, pos)) => {
-                    if server_ended(s, &mut discard) || push(s, &cycle, pos, per_tick).is_err() {
-                        incr(&c.cut);
-                        *slot = None;
-                    }
-                }
-            }
-        }
+        tend(
+            &mut conns,
+            c,
+            || upgraded(plan.addr),
+            |s, pos| !server_ended(s, &mut discard) && push(s, &cycle, pos, per_tick).is_ok(),
+        );
         std::thread::sleep(tick);
     }
     for (s, _) in conns.into_iter().flatten() {
