@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::cli::{parse_cpu_list, CompareArgs, PeerKind};
-use crate::process::{run_load, start_server, Server};
+use crate::process::{load_args, run_load, start_server, Server};
 use crate::report::Report;
 
 fn start(name: &str, args: &CompareArgs, cpus: &[usize]) -> Result<Server, String> {
@@ -30,26 +30,17 @@ fn run_client(
     server: &Server,
     cpus: &[usize],
 ) -> Result<Report, String> {
-    let pin: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
-    let mut load: Vec<String> = vec![
-        format!("ws://{}/", server.addr),
-        "--connections".into(),
-        args.connections.to_string(),
-        "--size".into(),
-        args.size.to_string(),
-        "--duration".into(),
-        args.duration.as_secs_f64().to_string(),
-        "--warmup".into(),
-        args.warmup.as_secs_f64().to_string(),
-        "--in-flight".into(),
-        args.in_flight.to_string(),
-        "--threads".into(),
-        cpus.len().to_string(),
-        "--pin".into(),
-        pin.join(","),
-        "--server-pid".into(),
-        server.pid().to_string(),
-    ];
+    let mut load = load_args(
+        server,
+        cpus,
+        &[
+            ("--connections", args.connections.to_string()),
+            ("--size", args.size.to_string()),
+            ("--duration", args.duration.as_secs_f64().to_string()),
+            ("--warmup", args.warmup.as_secs_f64().to_string()),
+            ("--in-flight", args.in_flight.to_string()),
+        ],
+    );
     if name == "raw-uring" {
         load.push("--raw".into());
     }

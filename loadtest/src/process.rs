@@ -88,6 +88,27 @@ pub fn start_server(name: &str, mut cmd: Command, cpus: &[usize]) -> Result<Serv
     Ok(server)
 }
 
+/// `loadtest` arguments for a run against `server` with one client thread
+/// per CPU of `cpus`, each pinned, sampling the server's CPU; `workload`
+/// holds the flags that say what to send.
+pub fn load_args(server: &Server, cpus: &[usize], workload: &[(&str, String)]) -> Vec<String> {
+    let pin: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
+    let mut args = vec![
+        format!("ws://{}/", server.addr),
+        "--threads".into(),
+        cpus.len().to_string(),
+        "--pin".into(),
+        pin.join(","),
+        "--server-pid".into(),
+        server.pid().to_string(),
+    ];
+    for (flag, value) in workload {
+        args.push((*flag).into());
+        args.push(value.clone());
+    }
+    args
+}
+
 /// Run `loadtest ARGS --json` pinned to `cpus`; its report, or why there is
 /// none. Killed if it runs past `limit`.
 pub fn run_load(

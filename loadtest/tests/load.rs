@@ -394,3 +394,36 @@ fn soak_fails_when_well_behaved_clients_are_not_served() {
     assert_eq!(r["checks"][0]["passed"], false, "{}", r["checks"]);
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn compare_writes_a_table_and_chart_with_each_server_as_a_ratio_to_ringecho() {
+    let out = std::env::temp_dir().join(format!("ringecho-compare-{}", std::process::id()));
+    let status = Command::new(LOADTEST)
+        .arg("compare")
+        .arg("--ringecho")
+        .arg(ringecho_bin())
+        .args(["--servers", "ringecho,fastwebsockets,raw-uring"])
+        .args(["--connections", "4", "--duration", "0.5", "--warmup", "0.2"])
+        .args(["--name", "t"])
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run loadtest compare");
+    assert!(status.success());
+    let md = std::fs::read_to_string(out.join("t.md")).expect("t.md written");
+    for row in ["| ringecho | ", "| fastwebsockets | ", "| raw-uring | "] {
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no {row} row in {md}"));
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert!(cells[2].parse::<f64>().unwrap_or(0.0) > 0.0, "{line}");
+        assert!(cells[3].ends_with('×'), "{line}");
+        assert_eq!(cells[9], "0", "errors: {line}");
+    }
+    assert!(md.contains("| ringecho | ") && md.contains("| 1.00× |"));
+    let svg = std::fs::read_to_string(out.join("t.svg")).expect("t.svg written");
+    assert!(svg.starts_with("<svg") && svg.contains("ringecho"));
+    let _ = std::fs::remove_dir_all(&out);
+}

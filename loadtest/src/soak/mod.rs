@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::cli::{parse_cpu_list, SoakArgs};
-use crate::process::{run_load, start_server, Server};
+use crate::process::{load_args, run_load, start_server, Server};
 use crate::report::Report;
 use crate::server_watch::{open_fds, ringecho_active, ringecho_stats, rss_kib};
 use hostile::{Hostiles, KindSummary, Plan};
@@ -108,27 +108,19 @@ impl Sampler {
     }
 }
 
-fn load_args(a: &SoakArgs, server: &Server, secs: Duration, cpus: &[usize]) -> Vec<String> {
-    let pin: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
-    vec![
-        format!("ws://{}/", server.addr),
-        "--connections".into(),
-        a.connections.to_string(),
-        "--size".into(),
-        a.size.to_string(),
-        "--rate".into(),
-        a.rate.to_string(),
-        "--duration".into(),
-        secs.as_secs_f64().to_string(),
-        "--warmup".into(),
-        "2".into(),
-        "--threads".into(),
-        cpus.len().to_string(),
-        "--pin".into(),
-        pin.join(","),
-        "--server-pid".into(),
-        server.pid().to_string(),
-    ]
+/// The well-behaved clients' load for one phase of `secs`.
+fn well_behaved(a: &SoakArgs, server: &Server, secs: Duration, cpus: &[usize]) -> Vec<String> {
+    load_args(
+        server,
+        cpus,
+        &[
+            ("--connections", a.connections.to_string()),
+            ("--size", a.size.to_string()),
+            ("--rate", a.rate.to_string()),
+            ("--duration", secs.as_secs_f64().to_string()),
+            ("--warmup", "2".into()),
+        ],
+    )
 }
 
 pub fn run(a: SoakArgs) -> Result<bool, String> {
@@ -150,7 +142,7 @@ pub fn run(a: SoakArgs) -> Result<bool, String> {
     );
     let baseline = run_load(
         "baseline load",
-        &load_args(&a, &server, a.baseline, &client_cpus),
+        &well_behaved(&a, &server, a.baseline, &client_cpus),
         &client_cpus,
         a.baseline + slack,
     )?;
@@ -179,7 +171,7 @@ pub fn run(a: SoakArgs) -> Result<bool, String> {
     std::thread::sleep(a.ramp);
     let mixed = run_load(
         "mixed load",
-        &load_args(&a, &server, a.duration, &client_cpus),
+        &well_behaved(&a, &server, a.duration, &client_cpus),
         &client_cpus,
         a.duration + slack,
     );
