@@ -104,6 +104,22 @@ fn peer(kind: &str, extra: &[&str]) -> Server {
     start(cmd)
 }
 
+/// Wait for `child` at most `secs`; kill it and fail the test past that.
+fn wait_bounded(child: &mut Child, secs: u64, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(st) = child.try_wait().expect("wait for child") {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} ran past {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Run `loadtest` with a hard time limit; its JSON report and exit status.
 fn load(server: &Server, args: &[&str]) -> (ExitStatus, serde_json::Value) {
     let mut child = Command::new(LOADTEST)
@@ -120,18 +136,7 @@ fn load(server: &Server, args: &[&str]) -> (ExitStatus, serde_json::Value) {
         let _ = stdout.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait loadtest") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("loadtest ran past 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_bounded(&mut child, 60, "loadtest");
     let out = reader.join().expect("reader thread");
     let json = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad JSON {e}: {out}"));
     (status, json)
@@ -323,18 +328,7 @@ fn soak(extra: &[&str], out: &std::path::Path) -> (ExitStatus, serde_json::Value
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn loadtest soak");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait soak") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("soak ran past 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_bounded(&mut child, 120, "soak");
     let json = std::fs::read_to_string(out.join("soak.json")).expect("soak.json written");
     (
         status,
