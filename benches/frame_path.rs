@@ -7,10 +7,10 @@
 use criterion::{
     black_box, criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput,
 };
-use ringecho::protocol::frame::{encode_client_frame, OpCode};
-use ringecho::protocol::mask::{apply_mask, apply_mask_bytewise, selected_path_name};
-use ringecho::protocol::message::{Config, Event, Session};
-use ringecho::protocol::utf8::Utf8Validator;
+use ringecho_proto::frame::{encode_client_frame, OpCode};
+use ringecho_proto::mask::{apply_mask, apply_mask_bytewise, selected_path_name};
+use ringecho_proto::message::{Config, Event, Session};
+use ringecho_proto::utf8::Utf8Validator;
 
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 

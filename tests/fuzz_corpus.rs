@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use ringecho::protocol::fuzz_entry;
+use ringecho_proto::fuzz_entry;
 
 /// Feed every file in `fuzz/corpus/<name>/` to `f`; returns how many ran.
 fn replay(name: &str, f: fn(&[u8])) -> usize {

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    ringecho::protocol::fuzz_entry::session(data);
+    ringecho_proto::fuzz_entry::session(data);
 });

@@ -288,22 +288,5 @@ fn pin_to(cpu: usize) {
 /// Raise RLIMIT_NOFILE's soft limit to its hard limit (each connection is a
 /// descriptor) and return the new soft limit.
 pub fn raise_fd_limit() -> io::Result<u64> {
-    // SAFETY: getrlimit/setrlimit read and write one plain rlimit struct
-    // that lives on this stack frame for the duration of each call.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim = raised;
-            }
-        }
-        Ok(lim.rlim_cur)
-    }
+    rlimit::increase_nofile_limit(u64::MAX)
 }

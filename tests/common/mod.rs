@@ -262,14 +262,8 @@ pub fn echo_once(s: &mut TcpStream, payload: &[u8]) {
 /// Masked client frame bytes.
 pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
-    let op = ringecho::protocol::frame::OpCode::from_u8(opcode).unwrap();
-    ringecho::protocol::frame::encode_client_frame(
-        fin,
-        op,
-        [0x12, 0x34, 0x56, 0x78],
-        payload,
-        &mut v,
-    );
+    let op = ringecho_proto::frame::OpCode::from_u8(opcode).unwrap();
+    ringecho_proto::frame::encode_client_frame(fin, op, [0x12, 0x34, 0x56, 0x78], payload, &mut v);
     v
 }
 

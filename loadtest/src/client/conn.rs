@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::time::Instant;
 
 use mio::net::TcpStream;
-use ringecho::protocol::frame::{encode_client_frame, OpCode};
+use ringecho_proto::frame::{encode_client_frame, OpCode};
 
 use super::payload::{UnitCheck, Verdict, Workload};
 use super::stats::{ErrorKind, Stats};
@@ -77,7 +77,7 @@ impl Conn {
             use base64::Engine as _;
             let nonce: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
             let key = base64::engine::general_purpose::STANDARD.encode(nonce);
-            accept = ringecho::protocol::handshake::accept_key(&key);
+            accept = ringecho_proto::handshake::accept_key(&key);
             request = format!(
                 "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
                  Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n\

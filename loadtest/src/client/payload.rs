@@ -6,7 +6,7 @@
 //! masked once per thread; a send copies it and patches only the masked
 //! sequence bytes, so the per-message work is a copy and at most 16 XORs.
 
-use ringecho::protocol::frame::{encode_client_frame, OpCode};
+use ringecho_proto::frame::{encode_client_frame, OpCode};
 
 /// Most hex digits of the sequence number a payload carries (a full u64).
 pub const MAX_SEQ_WIDTH: usize = 16;
@@ -205,7 +205,7 @@ mod tests {
             f
         } else {
             let mut p = f[w.frame_seq_at..].to_vec();
-            ringecho::protocol::mask::apply_mask(&mut p, w.mask_key, 0);
+            ringecho_proto::mask::apply_mask(&mut p, w.mask_key, 0);
             p
         }
     }

@@ -10,7 +10,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Raise RLIMIT_NOFILE's soft limit to the hard limit; returns the limit now
 /// in force.
 pub fn raise_fd_limit() -> io::Result<u64> {
-    ringecho::server::raise_fd_limit()
+    rlimit::increase_nofile_limit(u64::MAX)
 }
 
 /// Ephemeral ports per source address we plan for (the default range

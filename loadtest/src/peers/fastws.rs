@@ -66,7 +66,7 @@ async fn handshake(s: &mut TcpStream) -> Option<()> {
             .await;
         return None;
     };
-    let accept = ringecho::protocol::handshake::accept_key(key.trim());
+    let accept = ringecho_proto::handshake::accept_key(key.trim());
     let accept = std::str::from_utf8(&accept).ok()?;
     let resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\

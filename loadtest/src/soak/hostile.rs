@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ringecho::protocol::frame::{encode_client_frame, OpCode};
+use ringecho_proto::frame::{encode_client_frame, OpCode};
 use serde::Serialize;
 
 /// What the hostile clients of one kind did.

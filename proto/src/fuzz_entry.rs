@@ -15,7 +15,8 @@ use super::handshake::{
     accept_key, parse_request, select_subprotocol, write_error_response, write_response,
     write_switching_protocols, Limits, Parsed, Request,
 };
-use super::message::{Config, StreamHarness};
+use super::message::Config;
+use super::testkit::StreamHarness;
 use super::Error;
 
 /// The opening handshake (RFC 6455 §4.2): parse `data` whole and at a few

@@ -167,7 +167,7 @@ pub fn validate(bytes: &[u8]) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::mask::apply_mask;
+    use crate::mask::apply_mask;
     use proptest::prelude::*;
 
     fn feed_all(chunks: &[&[u8]]) -> Result<(), Error> {
