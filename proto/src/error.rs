@@ -1,6 +1,7 @@
-//! One error type for everything a peer can get wrong, and the single place
-//! that decides what goes back on the wire for it: a close code after the
-//! handshake (RFC 6455 §7.4.1), an HTTP status before it (§4.2.2, §4.4).
+//! What a peer can get wrong, in two types, each knowing its answer on the
+//! wire: [`HandshakeError`] an HTTP status before the upgrade (§4.2.2,
+//! §4.4), [`Error`] a close code after it (§7.4.1). No caller maps one into
+//! the other.
 
 use std::fmt;
 
@@ -14,20 +15,11 @@ pub mod close_code {
     pub const INTERNAL_ERROR: u16 = 1011;
 }
 
-/// What the server answers when it gives up on a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    /// After the handshake: send a close frame with this code, then close.
-    Close(u16),
-    /// During the handshake: send an HTTP response with this status, then close.
-    Http(u16),
-}
-
-/// A peer broke a rule. Every variant maps to exactly one [`Disposition`].
+/// A client's opening handshake broke a rule of RFC 6455 §4.2.1 (or a
+/// server policy); answered with an HTTP status, then the connection closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Error {
-    // ---- Opening handshake (§4.2.1) ----
+pub enum HandshakeError {
     /// Not parseable as an HTTP/1.1 request.
     MalformedRequest,
     /// Request line method other than GET (§4.2.1 item 1).
@@ -49,8 +41,48 @@ pub enum Error {
     /// A browser Origin outside the configured list (§10.2: servers may
     /// refuse origins they do not accept; prevents cross-site hijacking).
     OriginNotAllowed,
+}
 
-    // ---- Framing (§5) ----
+impl HandshakeError {
+    /// The one mapping from a handshake rule broken to its HTTP status.
+    pub const fn status(self) -> u16 {
+        match self {
+            HandshakeError::MalformedRequest
+            | HandshakeError::HttpVersion
+            | HandshakeError::MissingHost
+            | HandshakeError::BadUpgrade
+            | HandshakeError::BadConnection
+            | HandshakeError::BadKey => 400,
+            HandshakeError::MethodNotAllowed => 405,
+            HandshakeError::UnsupportedVersion => 426,
+            HandshakeError::HeadersTooLarge => 431,
+            HandshakeError::OriginNotAllowed => 403,
+        }
+    }
+
+    /// Short human-readable reason for the response body (ASCII).
+    pub const fn reason(self) -> &'static str {
+        match self {
+            HandshakeError::MalformedRequest => "malformed HTTP request",
+            HandshakeError::MethodNotAllowed => "method must be GET",
+            HandshakeError::HttpVersion => "HTTP/1.1 or later required",
+            HandshakeError::MissingHost => "exactly one Host header required",
+            HandshakeError::BadUpgrade => "Upgrade must be websocket",
+            HandshakeError::BadConnection => "Connection must include Upgrade",
+            HandshakeError::BadKey => "Sec-WebSocket-Key must be 16 bytes, base64",
+            HandshakeError::UnsupportedVersion => "Sec-WebSocket-Version must be 13",
+            HandshakeError::HeadersTooLarge => "request header block too large",
+            HandshakeError::OriginNotAllowed => "origin not allowed",
+        }
+    }
+}
+
+/// A peer broke a framing or message rule after the handshake (§5, §7,
+/// §8); answered with a close frame carrying [`Error::close_code`], then
+/// the connection closes (§7.1.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
     /// A client frame without the MASK bit (§5.1, §5.3).
     UnmaskedFrame,
     /// RSV1-3 set with no extension negotiated (§5.2).
@@ -78,20 +110,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// The one mapping from a rule broken to the answer on the wire.
-    pub const fn disposition(self) -> Disposition {
-        use Disposition::{Close, Http};
+    /// The one mapping from a framing rule broken to its close code (§7.4.1).
+    pub const fn close_code(self) -> u16 {
         match self {
-            Error::MalformedRequest
-            | Error::HttpVersion
-            | Error::MissingHost
-            | Error::BadUpgrade
-            | Error::BadConnection
-            | Error::BadKey => Http(400),
-            Error::MethodNotAllowed => Http(405),
-            Error::UnsupportedVersion => Http(426),
-            Error::HeadersTooLarge => Http(431),
-            Error::OriginNotAllowed => Http(403),
             Error::UnmaskedFrame
             | Error::ReservedBits
             | Error::UnknownOpcode(_)
@@ -101,26 +122,16 @@ impl Error {
             | Error::UnexpectedContinuation
             | Error::ExpectedContinuation
             | Error::CloseTooShort
-            | Error::InvalidCloseCode(_) => Close(close_code::PROTOCOL_ERROR),
-            Error::InvalidUtf8 => Close(close_code::INVALID_PAYLOAD),
-            Error::MessageTooBig => Close(close_code::MESSAGE_TOO_BIG),
+            | Error::InvalidCloseCode(_) => close_code::PROTOCOL_ERROR,
+            Error::InvalidUtf8 => close_code::INVALID_PAYLOAD,
+            Error::MessageTooBig => close_code::MESSAGE_TOO_BIG,
         }
     }
 
-    /// Short human-readable reason, safe to put in a close frame or HTTP body
-    /// (ASCII, at most 123 bytes so it fits a close frame, §5.5).
+    /// Short human-readable reason, safe to put in a close frame (ASCII, at
+    /// most 123 bytes, §5.5).
     pub const fn reason(self) -> &'static str {
         match self {
-            Error::MalformedRequest => "malformed HTTP request",
-            Error::MethodNotAllowed => "method must be GET",
-            Error::HttpVersion => "HTTP/1.1 or later required",
-            Error::MissingHost => "exactly one Host header required",
-            Error::BadUpgrade => "Upgrade must be websocket",
-            Error::BadConnection => "Connection must include Upgrade",
-            Error::BadKey => "Sec-WebSocket-Key must be 16 bytes, base64",
-            Error::UnsupportedVersion => "Sec-WebSocket-Version must be 13",
-            Error::HeadersTooLarge => "request header block too large",
-            Error::OriginNotAllowed => "origin not allowed",
             Error::UnmaskedFrame => "client frames must be masked",
             Error::ReservedBits => "reserved bits set without an extension",
             Error::UnknownOpcode(_) => "unknown opcode",
@@ -136,6 +147,14 @@ impl Error {
         }
     }
 }
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl std::error::Error for HandshakeError {}
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -153,17 +172,28 @@ impl std::error::Error for Error {}
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_handshake_error_has_its_http_status_section_4_2_2() {
+        use HandshakeError::*;
+        let expected = [
+            (MalformedRequest, 400),
+            (MethodNotAllowed, 405),
+            (HttpVersion, 400),
+            (MissingHost, 400),
+            (BadUpgrade, 400),
+            (BadConnection, 400),
+            (BadKey, 400),
+            (UnsupportedVersion, 426),
+            (HeadersTooLarge, 431),
+            (OriginNotAllowed, 403),
+        ];
+        for (e, status) in expected {
+            assert_eq!(e.status(), status, "{e:?}");
+            assert!(e.reason().is_ascii() && !e.reason().is_empty());
+        }
+    }
+
     const ALL: &[Error] = &[
-        Error::MalformedRequest,
-        Error::MethodNotAllowed,
-        Error::HttpVersion,
-        Error::MissingHost,
-        Error::BadUpgrade,
-        Error::BadConnection,
-        Error::BadKey,
-        Error::UnsupportedVersion,
-        Error::HeadersTooLarge,
-        Error::OriginNotAllowed,
         Error::UnmaskedFrame,
         Error::ReservedBits,
         Error::UnknownOpcode(3),
@@ -179,35 +209,13 @@ mod tests {
     ];
 
     #[test]
-    fn every_variant_has_its_wire_answer() {
-        use Disposition::*;
+    fn every_frame_error_has_its_close_code_section_7_4_1() {
         let expected = [
-            Http(400),
-            Http(405),
-            Http(400),
-            Http(400),
-            Http(400),
-            Http(400),
-            Http(400),
-            Http(426),
-            Http(431),
-            Http(403),
-            Close(1002),
-            Close(1002),
-            Close(1002),
-            Close(1002),
-            Close(1002),
-            Close(1002),
-            Close(1002),
-            Close(1002),
-            Close(1002),
-            Close(1002),
-            Close(1007),
-            Close(1009),
+            1002, 1002, 1002, 1002, 1002, 1002, 1002, 1002, 1002, 1002, 1007, 1009,
         ];
         assert_eq!(ALL.len(), expected.len());
-        for (e, d) in ALL.iter().zip(expected) {
-            assert_eq!(e.disposition(), d, "{e:?}");
+        for (e, code) in ALL.iter().zip(expected) {
+            assert_eq!(e.close_code(), code, "{e:?}");
         }
     }
 

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
-use super::error::{Disposition, Error};
+use super::error::HandshakeError;
 
 /// Default cap on the request header block (request line + headers + the
 /// blank line). Browsers send well under 2 KiB; cookies are the usual bulk.
@@ -103,7 +103,7 @@ pub struct UpgradeRequest<'a> {
 /// checks; one with an `Upgrade` header must satisfy all of §4.2.1, checked
 /// in the order the section lists them so a client sees the first rule it
 /// broke.
-pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, Error> {
+pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
@@ -112,22 +112,22 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, E
             // Without this a client could trickle an endless header block and
             // make every retry re-scan an ever larger buffer.
             if buf.len() > limits.max_header_bytes {
-                return Err(Error::HeadersTooLarge);
+                return Err(HandshakeError::HeadersTooLarge);
             }
             return Ok(Parsed::Partial);
         }
-        Err(httparse::Error::TooManyHeaders) => return Err(Error::HeadersTooLarge),
-        Err(_) => return Err(Error::MalformedRequest),
+        Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::HeadersTooLarge),
+        Err(_) => return Err(HandshakeError::MalformedRequest),
     };
     if consumed > limits.max_header_bytes {
-        return Err(Error::HeadersTooLarge);
+        return Err(HandshakeError::HeadersTooLarge);
     }
 
     // httparse fills all three on Complete; the checks keep that an
     // assumption we do not have to trust.
-    let method = req.method.ok_or(Error::MalformedRequest)?;
-    let path = req.path.ok_or(Error::MalformedRequest)?;
-    let version = req.version.ok_or(Error::MalformedRequest)?;
+    let method = req.method.ok_or(HandshakeError::MalformedRequest)?;
+    let path = req.path.ok_or(HandshakeError::MalformedRequest)?;
+    let version = req.version.ok_or(HandshakeError::MalformedRequest)?;
     let headers: &[httparse::Header<'a>] = req.headers;
 
     let request = if has_header(headers, "upgrade") {
@@ -143,54 +143,54 @@ fn validate_upgrade<'a>(
     path: &'a str,
     version: u8,
     headers: &[httparse::Header<'a>],
-) -> Result<UpgradeRequest<'a>, Error> {
+) -> Result<UpgradeRequest<'a>, HandshakeError> {
     // §4.2.1 item 1. Methods are case-sensitive (RFC 7230 §3.1.1).
     if method != "GET" {
-        return Err(Error::MethodNotAllowed);
+        return Err(HandshakeError::MethodNotAllowed);
     }
     // httparse only understands HTTP/1.x, so "at least 1.1" is exactly 1.1.
     if version != 1 {
-        return Err(Error::HttpVersion);
+        return Err(HandshakeError::HttpVersion);
     }
 
     // §4.2.1 item 2. An empty Host carries no authority, so it counts as
     // missing.
-    let host = single_value(headers, "host").ok_or(Error::MissingHost)?;
-    let host = std::str::from_utf8(host).map_err(|_| Error::MalformedRequest)?;
+    let host = single_value(headers, "host").ok_or(HandshakeError::MissingHost)?;
+    let host = std::str::from_utf8(host).map_err(|_| HandshakeError::MalformedRequest)?;
     if host.is_empty() {
-        return Err(Error::MissingHost);
+        return Err(HandshakeError::MissingHost);
     }
 
     // §4.2.1 item 3.
     if !any_token(headers, "upgrade", b"websocket") {
-        return Err(Error::BadUpgrade);
+        return Err(HandshakeError::BadUpgrade);
     }
     // §4.2.1 item 4. Browsers send e.g. `keep-alive, Upgrade`, sometimes
     // split over several Connection headers.
     if !any_token(headers, "connection", b"upgrade") {
-        return Err(Error::BadConnection);
+        return Err(HandshakeError::BadConnection);
     }
 
     // §4.2.1 item 5.
-    let key = single_value(headers, "sec-websocket-key").ok_or(Error::BadKey)?;
+    let key = single_value(headers, "sec-websocket-key").ok_or(HandshakeError::BadKey)?;
     if !is_valid_key(key) {
-        return Err(Error::BadKey);
+        return Err(HandshakeError::BadKey);
     }
     // Valid base64 is ASCII, so this cannot fail after the check above; it
     // is still handled rather than assumed.
-    let key = std::str::from_utf8(key).map_err(|_| Error::BadKey)?;
+    let key = std::str::from_utf8(key).map_err(|_| HandshakeError::BadKey)?;
 
     // §4.2.1 item 6; §4.4 says to answer anything else with our version.
     match single_value(headers, "sec-websocket-version") {
         Some(b"13") => {}
-        _ => return Err(Error::UnsupportedVersion),
+        _ => return Err(HandshakeError::UnsupportedVersion),
     }
 
     // §4.2.1 item 7. Two Origins would make any origin check ambiguous.
     let origin = match count_and_first(headers, "origin") {
         (0, _) => None,
-        (1, Some(v)) => Some(std::str::from_utf8(v).map_err(|_| Error::MalformedRequest)?),
-        _ => return Err(Error::MalformedRequest),
+        (1, Some(v)) => Some(std::str::from_utf8(v).map_err(|_| HandshakeError::MalformedRequest)?),
+        _ => return Err(HandshakeError::MalformedRequest),
     };
 
     // §4.2.1 items 8 and 9.
@@ -198,10 +198,10 @@ fn validate_upgrade<'a>(
     let mut extensions = Vec::new();
     for h in headers {
         if h.name.eq_ignore_ascii_case("sec-websocket-protocol") {
-            let v = std::str::from_utf8(trim(h.value)).map_err(|_| Error::MalformedRequest)?;
+            let v = std::str::from_utf8(trim(h.value)).map_err(|_| HandshakeError::MalformedRequest)?;
             protocols.extend(split_list(v));
         } else if h.name.eq_ignore_ascii_case("sec-websocket-extensions") {
-            let v = std::str::from_utf8(trim(h.value)).map_err(|_| Error::MalformedRequest)?;
+            let v = std::str::from_utf8(trim(h.value)).map_err(|_| HandshakeError::MalformedRequest)?;
             extensions.extend(split_list(v));
         }
     }
@@ -353,13 +353,9 @@ pub fn write_switching_protocols(out: &mut Vec<u8>, key: &str, protocol: Option<
 ///
 /// A 426 names the version we speak (§4.4) and, as RFC 7231 §6.5.15 requires,
 /// the protocol to upgrade to. A 405 lists the allowed method (RFC 7231
-/// §6.5.5). An error that belongs after the handshake (a close code) reaching
-/// here is the server's own mix-up, so it is answered with 500.
-pub fn write_error_response(out: &mut Vec<u8>, err: Error) {
-    let status = match err.disposition() {
-        Disposition::Http(s) => s,
-        Disposition::Close(_) => 500,
-    };
+/// §6.5.5).
+pub fn write_error_response(out: &mut Vec<u8>, err: HandshakeError) {
+    let status = err.status();
     let extra: &[&str] = match status {
         // RFC 7230 §6.7: whoever sends Upgrade also sends the "upgrade"
         // connection option.

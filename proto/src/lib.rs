@@ -16,4 +16,4 @@ pub mod message;
 pub mod testkit;
 pub mod utf8;
 
-pub use error::{close_code, Disposition, Error};
+pub use error::{close_code, Error, HandshakeError};

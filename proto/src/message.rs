@@ -22,7 +22,7 @@ use super::frame::{
 };
 use super::mask::apply_mask;
 use super::utf8::Utf8Validator;
-use super::{close_code, Disposition, Error};
+use super::Error;
 
 /// Default limit on a whole message, across its fragments.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 16 * 1024 * 1024;
@@ -160,10 +160,7 @@ impl Session {
     /// none was sent yet. Input is ignored from here on.
     pub fn fail(&mut self, err: Error) -> Option<ControlFrame> {
         self.phase = Phase::Closed;
-        let code = match err.disposition() {
-            Disposition::Close(code) => code,
-            Disposition::Http(_) => close_code::PROTOCOL_ERROR,
-        };
+        let code = err.close_code();
         self.initiate_close(code, err.reason())
     }
 

@@ -140,7 +140,7 @@ async fn handshake(stream: &TcpStream, rb: &mut ReadBuffer, ctx: &ShardCtx) -> b
                 ..
             }) if !handshake::origin_allowed(req.origin, &ctx.cfg.allowed_origins) => {
                 ctx.stats.handshake_errors.incr();
-                handshake::write_error_response(&mut response, Error::OriginNotAllowed);
+                handshake::write_error_response(&mut response, crate::protocol::HandshakeError::OriginNotAllowed);
                 None
             }
             Ok(Parsed::Complete {

@@ -51,7 +51,7 @@ fn request_with(changes: &[(&str, Option<&str>)]) -> String {
     s
 }
 
-fn parse(buf: &[u8]) -> Result<Parsed<'_>, Error> {
+fn parse(buf: &[u8]) -> Result<Parsed<'_>, HandshakeError> {
     parse_request(buf, &Limits::default())
 }
 
@@ -65,7 +65,7 @@ fn upgrade(buf: &[u8]) -> UpgradeRequest<'_> {
     }
 }
 
-fn error_response(err: Error) -> String {
+fn error_response(err: HandshakeError) -> String {
     let mut out = Vec::new();
     write_error_response(&mut out, err);
     String::from_utf8(out).expect("responses are ASCII")
@@ -73,9 +73,9 @@ fn error_response(err: Error) -> String {
 
 /// Assert `req` fails with `err`, and that the response for it starts with
 /// the status line for `status`.
-fn assert_rejected(req: &[u8], err: Error, status: u16) {
+fn assert_rejected(req: &[u8], err: HandshakeError, status: u16) {
     assert_eq!(parse(req), Err(err), "{}", String::from_utf8_lossy(req));
-    assert_eq!(err.disposition(), Disposition::Http(status));
+    assert_eq!(err.status(), status);
     let resp = error_response(err);
     assert!(resp.starts_with(&format!("HTTP/1.1 {status} ")), "{resp:?}");
 }
@@ -162,7 +162,7 @@ fn section_4_2_1_header_names_and_tokens_are_case_insensitive() {
 #[test]
 fn section_4_2_1_connection_token_across_repeated_headers() {
     let req = request_with(&[("Connection", Some("keep-alive")), ("connection", None)]);
-    assert_rejected(req.as_bytes(), Error::BadConnection, 400);
+    assert_rejected(req.as_bytes(), HandshakeError::BadConnection, 400);
     let req = req.replace("\r\n\r\n", "\r\nConnection:  foo ,\tUPGRADE , bar\r\n\r\n");
     upgrade(req.as_bytes());
 }
@@ -184,35 +184,35 @@ fn section_4_2_1_values_are_trimmed() {
 #[test]
 fn section_4_2_1_item_1_post_with_upgrade_is_405() {
     let req = minimal().replace("GET ", "POST ");
-    assert_rejected(req.as_bytes(), Error::MethodNotAllowed, 405);
-    assert!(error_response(Error::MethodNotAllowed).contains("\r\nAllow: GET\r\n"));
+    assert_rejected(req.as_bytes(), HandshakeError::MethodNotAllowed, 405);
+    assert!(error_response(HandshakeError::MethodNotAllowed).contains("\r\nAllow: GET\r\n"));
     // Methods are case-sensitive.
     let req = minimal().replace("GET ", "get ");
-    assert_rejected(req.as_bytes(), Error::MethodNotAllowed, 405);
+    assert_rejected(req.as_bytes(), HandshakeError::MethodNotAllowed, 405);
 }
 
 #[test]
 fn section_4_2_1_item_1_http_1_0_upgrade_is_400() {
     let req = minimal().replace("HTTP/1.1", "HTTP/1.0");
-    assert_rejected(req.as_bytes(), Error::HttpVersion, 400);
+    assert_rejected(req.as_bytes(), HandshakeError::HttpVersion, 400);
 }
 
 #[test]
 fn section_4_2_1_item_2_missing_or_repeated_host_is_400() {
     let req = request_with(&[("Host", None)]);
-    assert_rejected(req.as_bytes(), Error::MissingHost, 400);
+    assert_rejected(req.as_bytes(), HandshakeError::MissingHost, 400);
     let req = request_with(&[("Host", Some(""))]);
-    assert_rejected(req.as_bytes(), Error::MissingHost, 400);
+    assert_rejected(req.as_bytes(), HandshakeError::MissingHost, 400);
     let req = minimal().replace("\r\n\r\n", "\r\nHost: other\r\n\r\n");
-    assert_rejected(req.as_bytes(), Error::MissingHost, 400);
+    assert_rejected(req.as_bytes(), HandshakeError::MissingHost, 400);
 }
 
 #[test]
 fn section_4_2_1_item_3_upgrade_without_websocket_is_400() {
     let req = request_with(&[("Upgrade", Some("h2c"))]);
-    assert_rejected(req.as_bytes(), Error::BadUpgrade, 400);
+    assert_rejected(req.as_bytes(), HandshakeError::BadUpgrade, 400);
     let req = request_with(&[("Upgrade", Some(""))]);
-    assert_rejected(req.as_bytes(), Error::BadUpgrade, 400);
+    assert_rejected(req.as_bytes(), HandshakeError::BadUpgrade, 400);
     let req = request_with(&[("Upgrade", Some("h2c, WEBSOCKET"))]);
     upgrade(req.as_bytes());
 }
@@ -220,19 +220,19 @@ fn section_4_2_1_item_3_upgrade_without_websocket_is_400() {
 #[test]
 fn section_4_2_1_item_4_connection_keep_alive_only_is_400() {
     let req = request_with(&[("Connection", Some("keep-alive"))]);
-    assert_rejected(req.as_bytes(), Error::BadConnection, 400);
+    assert_rejected(req.as_bytes(), HandshakeError::BadConnection, 400);
     let req = request_with(&[("Connection", None)]);
-    assert_rejected(req.as_bytes(), Error::BadConnection, 400);
+    assert_rejected(req.as_bytes(), HandshakeError::BadConnection, 400);
     // A token containing "upgrade" is not the token.
     let req = request_with(&[("Connection", Some("upgrade-insecure"))]);
-    assert_rejected(req.as_bytes(), Error::BadConnection, 400);
+    assert_rejected(req.as_bytes(), HandshakeError::BadConnection, 400);
 }
 
 #[test]
 fn section_4_2_1_item_5_key_of_15_bytes_is_400() {
     // base64 of 15 bytes: 20 characters, no padding.
     let req = request_with(&[("Sec-WebSocket-Key", Some("AAAAAAAAAAAAAAAAAAAA"))]);
-    assert_rejected(req.as_bytes(), Error::BadKey, 400);
+    assert_rejected(req.as_bytes(), HandshakeError::BadKey, 400);
 }
 
 #[test]
@@ -250,22 +250,22 @@ fn section_4_2_1_item_5_other_bad_keys_are_400() {
         "",
     ] {
         let req = request_with(&[("Sec-WebSocket-Key", Some(key))]);
-        assert_rejected(req.as_bytes(), Error::BadKey, 400);
+        assert_rejected(req.as_bytes(), HandshakeError::BadKey, 400);
     }
     let req = request_with(&[("Sec-WebSocket-Key", None)]);
-    assert_rejected(req.as_bytes(), Error::BadKey, 400);
+    assert_rejected(req.as_bytes(), HandshakeError::BadKey, 400);
     let req = minimal().replace(
         "\r\n\r\n",
         "\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     );
-    assert_rejected(req.as_bytes(), Error::BadKey, 400);
+    assert_rejected(req.as_bytes(), HandshakeError::BadKey, 400);
 }
 
 #[test]
 fn section_4_4_version_12_is_426_naming_13() {
     let req = request_with(&[("Sec-WebSocket-Version", Some("12"))]);
-    assert_rejected(req.as_bytes(), Error::UnsupportedVersion, 426);
-    let resp = error_response(Error::UnsupportedVersion);
+    assert_rejected(req.as_bytes(), HandshakeError::UnsupportedVersion, 426);
+    let resp = error_response(HandshakeError::UnsupportedVersion);
     assert!(resp.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{resp}");
     assert!(resp.contains("\r\nUpgrade: websocket\r\n"), "{resp}");
 }
@@ -273,20 +273,20 @@ fn section_4_4_version_12_is_426_naming_13() {
 #[test]
 fn section_4_4_missing_or_repeated_version_is_426() {
     let req = request_with(&[("Sec-WebSocket-Version", None)]);
-    assert_rejected(req.as_bytes(), Error::UnsupportedVersion, 426);
+    assert_rejected(req.as_bytes(), HandshakeError::UnsupportedVersion, 426);
     let req = minimal().replace("\r\n\r\n", "\r\nSec-WebSocket-Version: 8\r\n\r\n");
-    assert_rejected(req.as_bytes(), Error::UnsupportedVersion, 426);
+    assert_rejected(req.as_bytes(), HandshakeError::UnsupportedVersion, 426);
     let req = request_with(&[("Sec-WebSocket-Version", Some("013"))]);
-    assert_rejected(req.as_bytes(), Error::UnsupportedVersion, 426);
+    assert_rejected(req.as_bytes(), HandshakeError::UnsupportedVersion, 426);
 }
 
 #[test]
 fn section_4_2_1_checks_run_in_the_order_listed() {
     // Broken everywhere: the first rule (method) is the one reported.
     let req = "PUT / HTTP/1.0\r\nUpgrade: nope\r\n\r\n";
-    assert_rejected(req.as_bytes(), Error::MethodNotAllowed, 405);
+    assert_rejected(req.as_bytes(), HandshakeError::MethodNotAllowed, 405);
     let req = "GET / HTTP/1.1\r\nUpgrade: nope\r\n\r\n";
-    assert_rejected(req.as_bytes(), Error::MissingHost, 400);
+    assert_rejected(req.as_bytes(), HandshakeError::MissingHost, 400);
 }
 
 #[test]
@@ -294,14 +294,14 @@ fn section_4_2_1_non_utf8_origin_is_400() {
     let mut req = minimal().into_bytes();
     req.truncate(req.len() - 2);
     req.extend_from_slice(b"Origin: http://\xff\xfe\r\n\r\n");
-    assert_rejected(&req, Error::MalformedRequest, 400);
+    assert_rejected(&req, HandshakeError::MalformedRequest, 400);
 }
 
 #[test]
 fn section_4_2_1_item_7_repeated_origin_is_400() {
     let req = request_with(&[("Origin", Some("https://a"))]);
     let req = req.replace("\r\n\r\n", "\r\nOrigin: https://b\r\n\r\n");
-    assert_rejected(req.as_bytes(), Error::MalformedRequest, 400);
+    assert_rejected(req.as_bytes(), HandshakeError::MalformedRequest, 400);
 }
 
 #[test]
@@ -334,13 +334,13 @@ fn section_9_1_extension_offers_keep_their_params() {
 fn headers_of_9_kib_are_431_complete_and_partial() {
     let filler = format!("X-Filler: {}\r\n", "a".repeat(9 * 1024));
     let complete = minimal().replace("\r\n\r\n", &format!("\r\n{filler}\r\n"));
-    assert_rejected(complete.as_bytes(), Error::HeadersTooLarge, 431);
+    assert_rejected(complete.as_bytes(), HandshakeError::HeadersTooLarge, 431);
     // Not yet complete, but already over the limit.
     let partial = &complete.as_bytes()[..complete.len() - 10];
-    assert_rejected(partial, Error::HeadersTooLarge, 431);
+    assert_rejected(partial, HandshakeError::HeadersTooLarge, 431);
     // A plain request is held to the same limit.
     let plain = format!("GET / HTTP/1.1\r\n{filler}\r\n");
-    assert_rejected(plain.as_bytes(), Error::HeadersTooLarge, 431);
+    assert_rejected(plain.as_bytes(), HandshakeError::HeadersTooLarge, 431);
 }
 
 #[test]
@@ -358,7 +358,7 @@ fn header_limit_is_configurable_and_inclusive() {
     };
     assert_eq!(
         parse_request(req.as_bytes(), &short),
-        Err(Error::HeadersTooLarge)
+        Err(HandshakeError::HeadersTooLarge)
     );
     assert_eq!(
         parse_request(&req.as_bytes()[..req.len() - 1], &short),
@@ -370,19 +370,19 @@ fn header_limit_is_configurable_and_inclusive() {
 fn too_many_headers_is_431() {
     let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
     let req = minimal().replace("\r\n\r\n", &format!("\r\n{many}\r\n"));
-    assert_rejected(req.as_bytes(), Error::HeadersTooLarge, 431);
+    assert_rejected(req.as_bytes(), HandshakeError::HeadersTooLarge, 431);
 }
 
 #[test]
 fn garbage_is_400() {
     assert_rejected(
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
-        Error::MalformedRequest,
+        HandshakeError::MalformedRequest,
         400,
     );
     assert_rejected(
         b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
-        Error::MalformedRequest,
+        HandshakeError::MalformedRequest,
         400,
     );
 }
@@ -492,7 +492,7 @@ fn section_9_1_switching_protocols_declines_extensions_by_omission() {
 #[test]
 fn section_4_2_1_error_response_bytes_exactly() {
     assert_eq!(
-        error_response(Error::BadKey),
+        error_response(HandshakeError::BadKey),
         "HTTP/1.1 400 Bad Request\r\n\
          Content-Type: text/plain; charset=utf-8\r\n\
          Content-Length: 42\r\n\
@@ -501,7 +501,7 @@ fn section_4_2_1_error_response_bytes_exactly() {
          Sec-WebSocket-Key must be 16 bytes, base64"
     );
     assert_eq!(
-        error_response(Error::UnsupportedVersion),
+        error_response(HandshakeError::UnsupportedVersion),
         "HTTP/1.1 426 Upgrade Required\r\n\
          Content-Type: text/plain; charset=utf-8\r\n\
          Content-Length: 32\r\n\
@@ -511,24 +511,22 @@ fn section_4_2_1_error_response_bytes_exactly() {
          \r\n\
          Sec-WebSocket-Version must be 13"
     );
-    assert!(error_response(Error::HeadersTooLarge)
+    assert!(error_response(HandshakeError::HeadersTooLarge)
         .starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
-    // A post-handshake error here is a server bug, not the client's.
-    assert!(error_response(Error::InvalidUtf8).starts_with("HTTP/1.1 500 "));
 }
 
 #[test]
 fn error_responses_parse_back_with_matching_length() {
     for err in [
-        Error::MalformedRequest,
-        Error::MethodNotAllowed,
-        Error::HttpVersion,
-        Error::MissingHost,
-        Error::BadUpgrade,
-        Error::BadConnection,
-        Error::BadKey,
-        Error::UnsupportedVersion,
-        Error::HeadersTooLarge,
+        HandshakeError::MalformedRequest,
+        HandshakeError::MethodNotAllowed,
+        HandshakeError::HttpVersion,
+        HandshakeError::MissingHost,
+        HandshakeError::BadUpgrade,
+        HandshakeError::BadConnection,
+        HandshakeError::BadKey,
+        HandshakeError::UnsupportedVersion,
+        HandshakeError::HeadersTooLarge,
     ] {
         let mut out = Vec::new();
         write_error_response(&mut out, err);
@@ -538,7 +536,7 @@ fn error_responses_parse_back_with_matching_length() {
             Ok(httparse::Status::Complete(n)) => n,
             other => panic!("{err:?}: {other:?}"),
         };
-        assert_eq!(err.disposition(), Disposition::Http(resp.code.unwrap_or(0)));
+        assert_eq!(err.status(), resp.code.unwrap_or(0));
         assert_eq!(&out[n..], err.reason().as_bytes());
     }
 }
