@@ -120,6 +120,76 @@ pub fn parse_client_header(buf: &[u8], allowed_rsv: u8) -> Result<Option<FrameHe
     }))
 }
 
+/// A server-to-client frame header as a client reads it (§5.2).
+///
+/// Nothing a client might want to judge is judged here: RSV bits, the MASK
+/// bit, the opcode and a non-minimal length are reported as they arrived,
+/// so a strict client, a lenient one and a fuzz oracle share one decoder
+/// and each applies its own rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerFrameHeader {
+    pub fin: bool,
+    /// RSV1-3 as they sit in the first byte (`0x70` mask).
+    pub rsv: u8,
+    /// The raw opcode nibble: reserved opcodes are the caller's to refuse.
+    pub opcode: u8,
+    /// A server must never mask (§5.1); a masked frame still parses, with
+    /// its 4 key bytes counted in `header_len`, so the caller can refuse it.
+    pub masked: bool,
+    pub payload_len: u64,
+    /// Bytes the header occupies on the wire (2, 4 or 10, plus 4 if masked).
+    pub header_len: usize,
+}
+
+/// A server frame header that no reading can make sense of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerHeaderError {
+    /// A 64-bit length with its most significant bit set (§5.2).
+    LengthOverflow,
+}
+
+/// Parse a server-to-client frame header (§5.2), the client's side of
+/// [`encode_server_header`]. Returns `Ok(None)` while more bytes are needed.
+pub fn parse_server_header(buf: &[u8]) -> Result<Option<ServerFrameHeader>, ServerHeaderError> {
+    let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
+        return Ok(None);
+    };
+    let (payload_len, len_end) = match b1 & 0x7F {
+        126 => {
+            let Some(ext) = buf.get(2..4) else {
+                return Ok(None);
+            };
+            (u64::from(u16::from_be_bytes([ext[0], ext[1]])), 4)
+        }
+        127 => {
+            let Some(ext) = buf.get(2..10) else {
+                return Ok(None);
+            };
+            let mut b = [0u8; 8];
+            b.copy_from_slice(ext);
+            let len = u64::from_be_bytes(b);
+            if len >> 63 != 0 {
+                return Err(ServerHeaderError::LengthOverflow);
+            }
+            (len, 10)
+        }
+        n => (u64::from(n), 2),
+    };
+    let masked = b1 & 0x80 != 0;
+    let header_len = len_end + if masked { 4 } else { 0 };
+    if buf.len() < header_len {
+        return Ok(None);
+    }
+    Ok(Some(ServerFrameHeader {
+        fin: b0 & 0x80 != 0,
+        rsv: b0 & 0x70,
+        opcode: b0 & 0x0F,
+        masked,
+        payload_len,
+        header_len,
+    }))
+}
+
 /// Bytes an unmasked server header takes for a payload of `len` bytes.
 pub const fn server_header_len(len: u64) -> usize {
     if len < 126 {
@@ -368,6 +438,115 @@ mod tests {
                 _ => 14,
             };
             assert_eq!(server_header_len(len) + 4, client);
+        }
+    }
+
+    fn server_frame(fin: bool, op: OpCode, len: u64) -> Vec<u8> {
+        let mut out = [0u8; MAX_SERVER_HEADER];
+        let n = encode_server_header(fin, op, len, &mut out);
+        out[..n].to_vec()
+    }
+
+    #[test]
+    fn server_headers_parse_at_7_16_and_64_bit_lengths_section_5_2() {
+        for (len, header_len) in [(0u64, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
+            let f = server_frame(true, OpCode::Text, len);
+            let h = parse_server_header(&f).unwrap().unwrap();
+            assert_eq!(
+                h,
+                ServerFrameHeader {
+                    fin: true,
+                    rsv: 0,
+                    opcode: OpCode::Text as u8,
+                    masked: false,
+                    payload_len: len,
+                    header_len,
+                }
+            );
+        }
+        let h = parse_server_header(&server_frame(false, OpCode::Continuation, 1 << 40));
+        let h = h.unwrap().unwrap();
+        assert!(!h.fin);
+        assert_eq!((h.opcode, h.payload_len), (0, 1 << 40));
+    }
+
+    #[test]
+    fn every_strict_prefix_of_a_server_header_needs_more_section_5_2() {
+        for len in [5u64, 300, 70000] {
+            let mut f = server_frame(true, OpCode::Binary, len);
+            f.extend_from_slice(&[0xAB; 3]);
+            let h = parse_server_header(&f).unwrap().unwrap();
+            for cut in 0..h.header_len {
+                assert_eq!(
+                    parse_server_header(&f[..cut]),
+                    Ok(None),
+                    "len {len} cut {cut}"
+                );
+            }
+            // Payload bytes after the header change nothing.
+            assert_eq!(parse_server_header(&f[..h.header_len]), Ok(Some(h)));
+        }
+    }
+
+    #[test]
+    fn a_masked_server_frame_is_reported_with_its_key_section_5_1() {
+        let mut c = Vec::new();
+        encode_client_frame(true, OpCode::Binary, [9; 4], &[0; 300], &mut c);
+        for cut in 0..8 {
+            assert_eq!(parse_server_header(&c[..cut]), Ok(None), "cut {cut}");
+        }
+        let h = parse_server_header(&c).unwrap().unwrap();
+        assert!(h.masked);
+        assert_eq!((h.payload_len, h.header_len), (300, 8));
+    }
+
+    #[test]
+    fn reserved_bits_and_opcodes_are_reported_not_judged_section_5_2() {
+        for rsv in [0x40, 0x20, 0x10, 0x70] {
+            let h = parse_server_header(&[0x81 | rsv, 0]).unwrap().unwrap();
+            assert_eq!((h.rsv, h.opcode), (rsv, 1));
+        }
+        for op in 0..=0xF {
+            let h = parse_server_header(&[op, 3]).unwrap().unwrap();
+            assert_eq!((h.fin, h.opcode, h.payload_len), (false, op, 3));
+        }
+    }
+
+    #[test]
+    fn server_header_64_bit_length_with_top_bit_set_is_refused_section_5_2() {
+        let mut f = vec![0x82, 127];
+        f.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        assert_eq!(
+            parse_server_header(&f),
+            Err(ServerHeaderError::LengthOverflow)
+        );
+        // A non-minimal length is reported, not refused: minimality is the
+        // caller's rule to apply.
+        let f = [0x82, 127, 0, 0, 0, 0, 0, 0, 0, 5];
+        let h = parse_server_header(&f).unwrap().unwrap();
+        assert_eq!((h.payload_len, h.header_len), (5, 10));
+    }
+
+    #[test]
+    fn server_header_parsing_never_panics() {
+        // Every first two bytes, followed by a spread of tails and cuts.
+        let tails: [&[u8]; 3] = [
+            &[0xFF; 12],
+            &[0; 12],
+            &[0x80, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5],
+        ];
+        for b0 in 0..=255u8 {
+            for b1 in 0..=255u8 {
+                for tail in tails {
+                    let mut f = vec![b0, b1];
+                    f.extend_from_slice(tail);
+                    for cut in 0..=f.len() {
+                        if let Ok(Some(h)) = parse_server_header(&f[..cut]) {
+                            assert!(h.header_len <= cut && h.header_len <= MAX_CLIENT_HEADER);
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -5,8 +5,6 @@
 //! They live in the library rather than in `fuzz/` so that plain `cargo test`
 //! replays the committed corpus on stable, without cargo-fuzz or nightly.
 
-use super::close_code;
-use super::error::Disposition;
 use super::frame::{
     encode_client_frame, parse_client_header, server_header_len, FrameHeader, OpCode,
     MAX_CLIENT_HEADER, MAX_CONTROL_PAYLOAD,
@@ -49,7 +47,7 @@ pub fn handshake(data: &[u8]) {
     respond(whole);
 }
 
-fn respond(result: Result<Parsed<'_>, super::Error>) {
+fn respond(result: Result<Parsed<'_>, super::HandshakeError>) {
     let mut out = Vec::new();
     match result {
         Ok(Parsed::Partial) => {}
@@ -84,7 +82,7 @@ fn respond(result: Result<Parsed<'_>, super::Error>) {
         Err(err) => {
             write_error_response(&mut out, err);
             let (status, body) = parse_response(&out);
-            assert_eq!(err.disposition(), Disposition::Http(status));
+            assert_eq!(err.status(), status);
             assert_eq!(body, err.reason().as_bytes());
         }
     }
@@ -213,10 +211,7 @@ fn fuzz_config() -> Config {
 
 /// The close code a failure is reported with (§7.4.1).
 fn error_code(err: Error) -> u16 {
-    match err.disposition() {
-        Disposition::Close(code) => code,
-        Disposition::Http(_) => close_code::PROTOCOL_ERROR,
-    }
+    err.close_code()
 }
 
 /// Decode the server's output as a strict client would: never masked, no
@@ -227,24 +222,17 @@ fn decode_server(mut bytes: &[u8], error: Option<Error>) -> Vec<Seen> {
     let mut open: Option<(OpCode, Vec<u8>)> = None;
     let mut last_close = None;
     while !bytes.is_empty() {
-        assert!(bytes.len() >= 2, "truncated server header");
-        let (b0, b1) = (bytes[0], bytes[1]);
-        assert_eq!(b1 & 0x80, 0, "§5.1: server frames are never masked");
-        assert_eq!(b0 & 0x70, 0, "no RSV bits without an extension");
-        let (len, at) = match b1 & 0x7F {
-            126 => (u64::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
-            127 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&bytes[2..10]);
-                (u64::from_be_bytes(b), 10)
-            }
-            n => (u64::from(n), 2),
+        let h = match super::frame::parse_server_header(bytes) {
+            Ok(Some(h)) => h,
+            other => panic!("truncated or unreadable server header: {other:?}"),
         };
+        assert!(!h.masked, "§5.1: server frames are never masked");
+        assert_eq!(h.rsv, 0, "no RSV bits without an extension");
+        let (len, at, fin) = (h.payload_len, h.header_len, h.fin);
         assert_eq!(at, server_header_len(len), "§5.2: minimal length encoding");
         let end = at + usize::try_from(len).expect("length fits");
         let payload = bytes.get(at..end).expect("truncated server payload");
-        let fin = b0 & 0x80 != 0;
-        let op = OpCode::from_u8(b0 & 0x0F).expect("known opcode");
+        let op = OpCode::from_u8(h.opcode).expect("known opcode");
         assert!(last_close.is_none(), "nothing is sent after a close");
         if op.is_control() {
             assert!(fin && payload.len() <= MAX_CONTROL_PAYLOAD, "§5.5");

@@ -269,25 +269,25 @@ pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 /// Read one server frame: (fin, opcode, payload). None on EOF.
 pub fn read_frame(s: &mut TcpStream) -> Option<(bool, u8, Vec<u8>)> {
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h).ok()?;
-    assert_eq!(h[1] & 0x80, 0, "server frames must not be masked");
-    let len = match h[1] & 0x7F {
-        126 => {
-            let mut b = [0u8; 2];
-            s.read_exact(&mut b).ok()?;
-            u16::from_be_bytes(b) as usize
+    use ringecho_proto::frame::{parse_server_header, MAX_CLIENT_HEADER};
+    // Two bytes always; the rest of the header a byte at a time, so nothing
+    // past the header is read and the short common case costs one read.
+    let mut h = [0u8; MAX_CLIENT_HEADER];
+    let mut have = 2;
+    s.read_exact(&mut h[..have]).ok()?;
+    let head = loop {
+        match parse_server_header(&h[..have]).expect("server frame length in range") {
+            Some(head) => break head,
+            None => {
+                s.read_exact(&mut h[have..have + 1]).ok()?;
+                have += 1;
+            }
         }
-        127 => {
-            let mut b = [0u8; 8];
-            s.read_exact(&mut b).ok()?;
-            u64::from_be_bytes(b) as usize
-        }
-        n => n as usize,
     };
-    let mut payload = vec![0u8; len];
+    assert!(!head.masked, "server frames must not be masked");
+    let mut payload = vec![0u8; head.payload_len as usize];
     s.read_exact(&mut payload).ok()?;
-    Some((h[0] & 0x80 != 0, h[0] & 0x0F, payload))
+    Some((head.fin, head.opcode, payload))
 }
 
 /// Read frames until a close; returns its code (None for an empty close).

@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::time::Instant;
 
 use mio::net::TcpStream;
-use ringecho_proto::frame::{encode_client_frame, OpCode};
+use ringecho_proto::frame::{encode_client_frame, parse_server_header, OpCode};
 
 use super::payload::{UnitCheck, Verdict, Workload};
 use super::stats::{ErrorKind, Stats};
@@ -289,26 +289,16 @@ impl Conn {
         let max_len = cx.w.size as u64 + 1024;
         while self.state == State::Open {
             let buf = &self.rx[self.rx_pos..self.rx_len];
-            if buf.len() < 2 {
-                return;
-            }
-            let (b0, b1) = (buf[0], buf[1]);
-            if b1 & 0x80 != 0 || b0 & 0x70 != 0 {
+            let h = match parse_server_header(buf) {
+                Ok(Some(h)) => h,
+                Ok(None) => return,
+                Err(_) => return self.fail(cx, ErrorKind::Protocol),
+            };
+            // §5.1, §5.2: a server never masks and negotiated no extension.
+            if h.masked || h.rsv != 0 {
                 return self.fail(cx, ErrorKind::Protocol);
             }
-            let (hlen, len) = match b1 & 0x7F {
-                126 => {
-                    let Some(b) = buf.get(2..4) else { return };
-                    (4, u64::from(u16::from_be_bytes([b[0], b[1]])))
-                }
-                127 => {
-                    let Some(b) = buf.get(2..10) else { return };
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(b);
-                    (10, u64::from_be_bytes(a))
-                }
-                n => (2, u64::from(n)),
-            };
+            let (hlen, len, fin) = (h.header_len, h.payload_len, h.fin);
             if len > max_len {
                 return self.fail(cx, ErrorKind::Protocol);
             }
@@ -321,11 +311,10 @@ impl Conn {
                 }
                 return;
             }
-            let fin = b0 & 0x80 != 0;
             let p0 = self.rx_pos + hlen;
             let p1 = self.rx_pos + total;
             self.rx_pos = p1;
-            match b0 & 0x0F {
+            match h.opcode {
                 op @ (0x1 | 0x2) => {
                     if self.in_unit {
                         return self.fail(cx, ErrorKind::Protocol);
