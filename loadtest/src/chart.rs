@@ -6,9 +6,18 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::compare::Row;
+/// One server's bar. The chart owns the shapes it draws from, so it depends
+/// on no module that draws with it.
+pub struct Bar<'a> {
+    pub label: &'a str,
+    pub msgs_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
 
-pub fn bars(path: &Path, title: &str, rows: &[Row], base: Option<f64>) -> Result<(), String> {
+/// Bars of messages per second, each labelled with its ratio to `base`
+/// when there is one.
+pub fn bars(path: &Path, title: &str, rows: &[Bar<'_>], base: Option<f64>) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| format!("chart {}: {e}", path.display());
     let n = rows.len().max(1) as f64;
     let top = rows.iter().map(|r| r.msgs_per_sec).fold(1.0f64, f64::max) * 1.3;
@@ -58,7 +67,7 @@ pub fn bars(path: &Path, title: &str, rows: &[Row], base: Option<f64>) -> Result
         }
         chart
             .draw_series(std::iter::once(Text::new(
-                r.server.clone(),
+                r.label.to_string(),
                 (x + 0.17, top * 0.02),
                 ("sans-serif", 15).into_font().color(&WHITE),
             )))
@@ -68,28 +77,36 @@ pub fn bars(path: &Path, title: &str, rows: &[Row], base: Option<f64>) -> Result
     Ok(())
 }
 
-/// The soak run's server RSS and open descriptors over time, the mixed
-/// phase shaded.
-pub fn soak(path: &Path, r: &crate::soak::SoakReport) -> Result<(), String> {
+/// One panel of a time chart: `(seconds, value)` points in `unit`.
+pub struct Panel {
+    pub title: &'static str,
+    pub unit: &'static str,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Panels stacked one above the other on a shared time axis, the span
+/// `shade` (seconds) shaded in each and explained by `shade_note`.
+pub fn timeline(
+    path: &Path,
+    panels: &[Panel],
+    shade: (f64, f64),
+    shade_note: &str,
+) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| format!("chart {}: {e}", path.display());
-    let root = SVGBackend::new(path, (900, 620)).into_drawing_area();
+    let height = 310 * panels.len().max(1) as u32;
+    let root = SVGBackend::new(path, (900, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let (upper, lower) = root.split_vertically(310);
-    let t_end = r.samples.iter().map(|s| s.t).fold(1.0f64, f64::max);
-    let shade = RGBColor(255, 228, 200);
-    type Series = (&'static str, fn(&crate::soak::Sample) -> f64, &'static str);
-    let panels: [(&_, Series); 2] = [
-        (&upper, ("server RSS", |s| s.rss_kib as f64 / 1024.0, "MiB")),
-        (
-            &lower,
-            ("server open descriptors", |s| s.fds as f64, "descriptors"),
-        ),
-    ];
-    for (area, (title, value, unit)) in panels {
-        let top = r.samples.iter().map(value).fold(1.0f64, f64::max) * 1.2;
+    let areas = root.split_evenly((panels.len().max(1), 1));
+    let t_end = panels
+        .iter()
+        .flat_map(|p| p.points.iter().map(|(t, _)| *t))
+        .fold(1.0f64, f64::max);
+    let fill = RGBColor(255, 228, 200);
+    for (area, panel) in areas.iter().zip(panels) {
+        let top = panel.points.iter().map(|(_, v)| *v).fold(1.0f64, f64::max) * 1.2;
         let mut chart = ChartBuilder::on(area)
             .caption(
-                format!("{title} (hostile clients in the shaded span)"),
+                format!("{} ({shade_note})", panel.title),
                 ("sans-serif", 18),
             )
             .margin(12)
@@ -100,18 +117,18 @@ pub fn soak(path: &Path, r: &crate::soak::SoakReport) -> Result<(), String> {
         chart
             .configure_mesh()
             .x_desc("seconds since the server started")
-            .y_desc(unit)
+            .y_desc(panel.unit)
             .draw()
             .map_err(|e| err(&e))?;
         chart
             .draw_series(std::iter::once(Rectangle::new(
-                [(r.mixed_from_s, 0.0), (r.mixed_to_s, top)],
-                shade.filled(),
+                [(shade.0, 0.0), (shade.1, top)],
+                fill.filled(),
             )))
             .map_err(|e| err(&e))?;
         chart
             .draw_series(LineSeries::new(
-                r.samples.iter().map(|s| (s.t, value(s))),
+                panel.points.iter().copied(),
                 RGBColor(200, 60, 40).stroke_width(2),
             ))
             .map_err(|e| err(&e))?;

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::chart::Bar;
 use crate::cli::{parse_cpu_list, CompareArgs, PeerKind};
 use crate::process::{load_args, run_load, start_server, Server};
 use crate::report::Report;
@@ -50,7 +51,7 @@ fn run_client(
 
 /// Medians over rounds of what the table shows.
 #[derive(Debug, Clone)]
-pub struct Row {
+struct Row {
     pub server: String,
     pub msgs_per_sec: f64,
     pub mb_per_sec: f64,
@@ -151,7 +152,16 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
         "{} connections, {} B messages, closed loop ({} in flight)",
         args.connections, args.size, args.in_flight
     );
-    crate::chart::bars(Path::new(&svg_path), &title, &rows, base)?;
+    let bars: Vec<Bar<'_>> = rows
+        .iter()
+        .map(|r| Bar {
+            label: &r.server,
+            msgs_per_sec: r.msgs_per_sec,
+            p50_us: r.p50_us,
+            p99_us: r.p99_us,
+        })
+        .collect();
+    crate::chart::bars(Path::new(&svg_path), &title, &bars, base)?;
     eprintln!(
         "compare: wrote {} and {}",
         md_path.display(),

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::chart::Panel;
 use crate::cli::{parse_cpu_list, SoakArgs};
 use crate::process::{load_args, run_load, start_server, Server};
 use crate::report::Report;
@@ -220,7 +221,21 @@ pub fn run(a: SoakArgs) -> Result<bool, String> {
         &serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?,
     )?;
     let svg = a.out.join(format!("{}.svg", a.name));
-    crate::chart::soak(&svg, &report)?;
+    let series = |f: fn(&Sample) -> f64| report.samples.iter().map(|s| (s.t, f(s))).collect();
+    let panels = [
+        Panel {
+            title: "server RSS",
+            unit: "MiB",
+            points: series(|s| s.rss_kib as f64 / 1024.0),
+        },
+        Panel {
+            title: "server open descriptors",
+            unit: "descriptors",
+            points: series(|s| s.fds as f64),
+        },
+    ];
+    let mixed = (report.mixed_from_s, report.mixed_to_s);
+    crate::chart::timeline(&svg, &panels, mixed, "hostile clients in the shaded span")?;
     eprintln!("soak: wrote {}/{}.{{md,json,svg}}", a.out.display(), a.name);
     Ok(report.checks.iter().all(|c| c.passed))
 }
