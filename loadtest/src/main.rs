@@ -12,6 +12,7 @@ mod process;
 mod report;
 mod server_watch;
 mod soak;
+mod stats;
 
 use std::process::ExitCode;
 

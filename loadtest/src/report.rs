@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::LoadArgs;
-use crate::client::stats::{ErrorKind, Stats};
+use crate::stats::{ErrorKind, Stats};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Percentiles {
@@ -110,7 +110,7 @@ fn encode(h: &Histogram<u64>) -> String {
 
 fn decode(s: &str) -> Result<Histogram<u64>, String> {
     if s.is_empty() {
-        return Ok(crate::client::stats::new_histogram());
+        return Ok(crate::stats::new_histogram());
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(s)

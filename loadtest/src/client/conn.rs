@@ -9,7 +9,7 @@ use mio::net::TcpStream;
 use ringecho_proto::frame::{encode_client_frame, parse_server_header, OpCode};
 
 use super::payload::{UnitCheck, Verdict, Workload};
-use super::stats::{ErrorKind, Stats};
+use crate::stats::{ErrorKind, Stats};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {

@@ -5,7 +5,6 @@ pub mod conn;
 pub mod payload;
 pub mod socket;
 mod split;
-pub mod stats;
 mod worker;
 
 use std::io::IsTerminal;
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::cli::LoadArgs;
 use crate::cpu_time::CpuSample;
 use crate::report::{CpuUse, Report};
-use stats::Stats;
+use crate::stats::Stats;
 
 /// Descriptors kept back from the limit for stdio, epoll, timers and the
 /// like, per process.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::cli::LoadArgs;
 use crate::report::{CpuUse, Report};
 
-use super::stats::Stats;
+use crate::stats::Stats;
 
 pub fn run(args: &LoadArgs, per_process: usize, source_ips: u32) -> Result<Report, String> {
     let procs = args.connections.div_ceil(per_process);

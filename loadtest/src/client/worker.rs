@@ -14,8 +14,8 @@ use mio::{Events, Interest, Poll, Token};
 use super::conn::{Change, Conn, Ctx, State};
 use super::payload::Workload;
 use super::socket;
-use super::stats::{ErrorKind, Stats};
 use crate::cli::LoadArgs;
+use crate::stats::{ErrorKind, Stats};
 
 /// Connections of one thread that may be connecting or handshaking at once;
 /// more would overflow the server's accept backlog and turn into SYN
