@@ -49,6 +49,10 @@ LOAD OPTIONS (URL is ws://IP:PORT/PATH, or tcp://IP:PORT with --raw):
 
 COMPARE OPTIONS:
     --ringecho PATH        ringecho binary (build it with cargo build --release)
+    --ringecho-baseline PATH
+                           A second ringecho binary (e.g. built from main), run
+                           exactly as --ringecho is and shown as its own row,
+                           `ringecho (baseline)`, with ringecho's ratio to it
     --server-cpus LIST     CPUs for the server under test [default: 0]
     --client-cpus LIST     CPUs for the load generator [default: 1]
     --connections N  --size BYTES  --duration SECS  --warmup SECS  --in-flight K
@@ -139,6 +143,9 @@ pub struct LoadArgs {
 #[derive(Debug, Clone)]
 pub struct CompareArgs {
     pub ringecho: PathBuf,
+    /// Another ringecho build to measure beside `ringecho`, under the same
+    /// flags and pinning, so a change can be judged against where it began.
+    pub ringecho_baseline: Option<PathBuf>,
     pub server_cpus: String,
     pub client_cpus: String,
     pub connections: usize,
@@ -420,6 +427,7 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
 fn parse_compare(args: &[String]) -> Result<CompareArgs, String> {
     let mut c = CompareArgs {
         ringecho: PathBuf::new(),
+        ringecho_baseline: None,
         server_cpus: "0".into(),
         client_cpus: "1".into(),
         connections: 100,
@@ -442,6 +450,7 @@ fn parse_compare(args: &[String]) -> Result<CompareArgs, String> {
                 c.ringecho = PathBuf::from(f.value(flag)?);
                 have_ringecho = true;
             }
+            "--ringecho-baseline" => c.ringecho_baseline = Some(PathBuf::from(f.value(flag)?)),
             "--server-cpus" => {
                 let v = f.value(flag)?;
                 parse_cpu_list(v)?;

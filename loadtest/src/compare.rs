@@ -11,22 +11,68 @@ use crate::cli::{parse_cpu_list, CompareArgs, PeerKind};
 use crate::process::{load_args, run_load, start_server, Server};
 use crate::report::Report;
 
-fn start(name: &str, args: &CompareArgs, cpus: &[usize]) -> Result<Server, String> {
-    let cmd = if name == "ringecho" {
-        let mut c = Command::new(&args.ringecho);
+/// Label of the row a `--ringecho-baseline` binary gets.
+const BASELINE: &str = "ringecho (baseline)";
+
+/// One server the comparison runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Ringecho,
+    /// The `--ringecho-baseline` binary.
+    Baseline,
+    Peer(PeerKind),
+}
+
+impl Target {
+    fn label(self) -> &'static str {
+        match self {
+            Target::Ringecho => "ringecho",
+            Target::Baseline => BASELINE,
+            Target::Peer(p) => p.name(),
+        }
+    }
+}
+
+/// `--servers` in order, the baseline (when given) right after ringecho so
+/// the two ringecho rows sit side by side.
+fn targets(args: &CompareArgs) -> Vec<Target> {
+    let mut out: Vec<Target> = args
+        .servers
+        .iter()
+        .map(|s| PeerKind::parse(s).map_or(Target::Ringecho, Target::Peer))
+        .collect();
+    if args.ringecho_baseline.is_some() {
+        let at = out
+            .iter()
+            .position(|t| *t == Target::Ringecho)
+            .map_or(out.len(), |i| i + 1);
+        out.insert(at, Target::Baseline);
+    }
+    out
+}
+
+fn start(target: Target, args: &CompareArgs, cpus: &[usize]) -> Result<Server, String> {
+    let ringecho = |path: &Path| {
+        let mut c = Command::new(path);
         c.args(["--threads", "1", "--listen", "127.0.0.1:0"]);
         c
-    } else {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut c = Command::new(exe);
-        c.args(["peer", name, "--listen", "127.0.0.1:0"]);
-        c
     };
-    start_server(name, cmd, cpus)
+    let cmd = match (target, &args.ringecho_baseline) {
+        (Target::Ringecho, _) => ringecho(&args.ringecho),
+        (Target::Baseline, Some(path)) => ringecho(path),
+        (Target::Baseline, None) => return Err("no --ringecho-baseline given".into()),
+        (Target::Peer(p), _) => {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let mut c = Command::new(exe);
+            c.args(["peer", p.name(), "--listen", "127.0.0.1:0"]);
+            c
+        }
+    };
+    start_server(target.label(), cmd, cpus)
 }
 
 fn run_client(
-    name: &str,
+    target: Target,
     args: &CompareArgs,
     server: &Server,
     cpus: &[usize],
@@ -42,11 +88,12 @@ fn run_client(
             ("--in-flight", args.in_flight.to_string()),
         ],
     );
-    if name == "raw-uring" {
+    if target == Target::Peer(PeerKind::RawUring) {
         load.push("--raw".into());
     }
     let limit = args.warmup + args.duration + Duration::from_secs(60);
-    run_load(&format!("client against {name}"), &load, cpus, limit)
+    let what = format!("client against {}", target.label());
+    run_load(&what, &load, cpus, limit)
 }
 
 /// Medians over rounds of what the table shows.
@@ -102,15 +149,16 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
         .name
         .clone()
         .unwrap_or_else(|| format!("c{}-s{}", args.connections, args.size));
-    let n = args.servers.len();
+    let targets = targets(&args);
+    let n = targets.len();
     let mut reports: Vec<Vec<Report>> = vec![Vec::new(); n];
     for round in 0..args.rounds {
         // Rotate the order each round so drift on a noisy machine (thermal,
         // neighbours) does not always favour the same server.
         for k in 0..n {
             let i = (k + round) % n;
-            let server_name = &args.servers[i];
-            let display = PeerKind::parse(server_name).map_or("ringecho", PeerKind::name);
+            let target = targets[i];
+            let display = target.label();
             eprintln!(
                 "compare: round {}/{}: {display} ({} connections, {} B)",
                 round + 1,
@@ -118,8 +166,8 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
                 args.connections,
                 args.size
             );
-            let server = start(display, &args, &server_cpus)?;
-            let report = run_client(display, &args, &server, &client_cpus)?;
+            let server = start(target, &args, &server_cpus)?;
+            let report = run_client(target, &args, &server, &client_cpus)?;
             drop(server);
             eprintln!(
                 "compare:   {:.0} msgs/s, p50 {} µs, p99 {} µs, errors {}",
@@ -131,27 +179,36 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
             reports[i].push(report);
         }
     }
-    let rows: Vec<Row> = args
-        .servers
+    let rows: Vec<Row> = targets
         .iter()
         .zip(&reports)
-        .map(|(s, r)| row(PeerKind::parse(s).map_or("ringecho", PeerKind::name), r))
+        .map(|(t, r)| row(t.label(), r))
         .collect();
-    let base = rows
-        .iter()
-        .find(|r| r.server == "ringecho")
-        .map(|r| r.msgs_per_sec)
-        .filter(|v| *v > 0.0);
-    let md = markdown(&args, &name, &rows, base);
+    let rate_of = |label: &str| {
+        rows.iter()
+            .find(|r| r.server == label)
+            .map(|r| r.msgs_per_sec)
+            .filter(|v| *v > 0.0)
+    };
+    let base = rate_of("ringecho");
+    // ringecho's throughput over its baseline's: above 1 the change helped.
+    let vs_baseline = base.zip(rate_of(BASELINE)).map(|(r, b)| r / b);
+    if let Some(x) = vs_baseline {
+        eprintln!("compare: ringecho is {x:.2}× its baseline");
+    }
+    let md = markdown(&args, &name, &rows, base, vs_baseline);
     print!("{md}");
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let md_path = args.out.join(format!("{name}.md"));
     std::fs::write(&md_path, &md).map_err(|e| format!("{}: {e}", md_path.display()))?;
     let svg_path = args.out.join(format!("{name}.svg"));
-    let title = format!(
+    let mut title = format!(
         "{} connections, {} B messages, closed loop ({} in flight)",
         args.connections, args.size, args.in_flight
     );
+    if let Some(x) = vs_baseline {
+        title.push_str(&format!("; ringecho {x:.2}× its baseline"));
+    }
     let bars: Vec<Bar<'_>> = rows
         .iter()
         .map(|r| Bar {
@@ -173,7 +230,13 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn markdown(args: &CompareArgs, name: &str, rows: &[Row], base: Option<f64>) -> String {
+fn markdown(
+    args: &CompareArgs,
+    name: &str,
+    rows: &[Row],
+    base: Option<f64>,
+    vs_baseline: Option<f64>,
+) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
     let _ = writeln!(o, "# {name}\n");
@@ -199,6 +262,13 @@ fn markdown(args: &CompareArgs, name: &str, rows: &[Row], base: Option<f64>) -> 
          medians over {} round(s); the server order rotates each round.\n",
         args.server_cpus, args.client_cpus, args.rounds
     );
+    if args.ringecho_baseline.is_some() {
+        let _ = writeln!(
+            o,
+            "`{BASELINE}` is a second ringecho binary run with the same flags and \
+             pinning as `ringecho`.\n"
+        );
+    }
     let _ = writeln!(
         o,
         "| server | msgs/s | vs ringecho | MB/s | p50 µs | p99 µs | client CPU % | server CPU % | errors | msgs/s per round |"
@@ -221,6 +291,9 @@ fn markdown(args: &CompareArgs, name: &str, rows: &[Row], base: Option<f64>) -> 
             r.errors,
             per_round.join(", ")
         );
+    }
+    if let Some(x) = vs_baseline {
+        let _ = writeln!(o, "\nringecho / {BASELINE}: {x:.2}× msgs/s");
     }
     o
 }

@@ -392,9 +392,13 @@ fn soak_fails_when_well_behaved_clients_are_not_served() {
 #[test]
 fn compare_writes_a_table_and_chart_with_each_server_as_a_ratio_to_ringecho() {
     let out = std::env::temp_dir().join(format!("ringecho-compare-{}", std::process::id()));
+    // The same binary as its own baseline: enough to show the row exists
+    // and is run like ringecho; the ratio itself is noise here.
     let status = Command::new(LOADTEST)
         .arg("compare")
         .arg("--ringecho")
+        .arg(ringecho_bin())
+        .arg("--ringecho-baseline")
         .arg(ringecho_bin())
         .args(["--servers", "ringecho,fastwebsockets,raw-uring"])
         .args(["--connections", "4", "--duration", "0.5", "--warmup", "0.2"])
@@ -406,7 +410,13 @@ fn compare_writes_a_table_and_chart_with_each_server_as_a_ratio_to_ringecho() {
         .expect("run loadtest compare");
     assert!(status.success());
     let md = std::fs::read_to_string(out.join("t.md")).expect("t.md written");
-    for row in ["| ringecho | ", "| fastwebsockets | ", "| raw-uring | "] {
+    let rows = [
+        "| ringecho | ",
+        "| ringecho (baseline) | ",
+        "| fastwebsockets | ",
+        "| raw-uring | ",
+    ];
+    for row in rows {
         let line = md
             .lines()
             .find(|l| l.starts_with(row))
@@ -417,7 +427,8 @@ fn compare_writes_a_table_and_chart_with_each_server_as_a_ratio_to_ringecho() {
         assert_eq!(cells[9], "0", "errors: {line}");
     }
     assert!(md.contains("| ringecho | ") && md.contains("| 1.00× |"));
+    assert!(md.contains("ringecho / ringecho (baseline): "), "{md}");
     let svg = std::fs::read_to_string(out.join("t.svg")).expect("t.svg written");
-    assert!(svg.starts_with("<svg") && svg.contains("ringecho"));
+    assert!(svg.starts_with("<svg") && svg.contains("ringecho (baseline)"));
     let _ = std::fs::remove_dir_all(&out);
 }
