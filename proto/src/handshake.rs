@@ -198,10 +198,12 @@ fn validate_upgrade<'a>(
     let mut extensions = Vec::new();
     for h in headers {
         if h.name.eq_ignore_ascii_case("sec-websocket-protocol") {
-            let v = std::str::from_utf8(trim(h.value)).map_err(|_| HandshakeError::MalformedRequest)?;
+            let v =
+                std::str::from_utf8(trim(h.value)).map_err(|_| HandshakeError::MalformedRequest)?;
             protocols.extend(split_list(v));
         } else if h.name.eq_ignore_ascii_case("sec-websocket-extensions") {
-            let v = std::str::from_utf8(trim(h.value)).map_err(|_| HandshakeError::MalformedRequest)?;
+            let v =
+                std::str::from_utf8(trim(h.value)).map_err(|_| HandshakeError::MalformedRequest)?;
             extensions.extend(split_list(v));
         }
     }

@@ -5,6 +5,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod close;
+pub mod connection;
 pub mod error;
 pub mod frame;
 #[cfg(any(test, feature = "testkit"))]
@@ -12,8 +13,12 @@ pub mod fuzz_entry;
 pub mod handshake;
 pub mod mask;
 pub mod message;
+pub mod out_queue;
+pub mod read_buffer;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod utf8;
 
+pub use connection::{Connection, Event, HttpRequest};
 pub use error::{close_code, Error, HandshakeError};
+pub use read_buffer::ReadSizing;

@@ -3,15 +3,20 @@
 //!
 //! The caller owns a buffer of bytes read from the peer and calls
 //! [`Session::step`] repeatedly. Each step consumes input and says what to
-//! send. Data is echoed as it is validated: every chunk of payload that is
-//! available becomes one complete server frame, whose header the session
-//! writes into the buffer just before the chunk (a server header is 4 bytes
-//! shorter than the client's, §5.2), so the echo is a slice of the read
-//! buffer and no payload byte is copied. A client frame that arrives over
-//! several reads is echoed as several server frames (a valid re-fragmentation,
-//! §5.4); memory per connection therefore does not grow with message size,
-//! and every server frame on the wire is complete before any control frame
-//! is slotted in between them.
+//! send. Payload is unmasked and validated where it lies as soon as it
+//! arrives (so invalid UTF-8 fails fast, §8.1), and the session writes each
+//! server header into the buffer just before the payload it heads (a server
+//! header is 4 bytes shorter than the client's, §5.2): the echo is a slice of
+//! the read buffer and no payload byte is copied.
+//!
+//! A client frame of at most [`Config::echo_whole_up_to`] payload bytes is
+//! echoed as exactly one server frame with the client's opcode and FIN, even
+//! when it arrives over several reads: its pieces come out as
+//! [`Event::EchoPart`]s that the caller sends only once the last one is in.
+//! A larger frame is streamed: every piece that arrives becomes one complete
+//! server frame of its own (a valid re-fragmentation, §5.4), so memory per
+//! connection does not grow with frame size. Either way every server frame
+//! is complete before a control frame may be slotted in after it.
 
 use std::ops::Range;
 
@@ -28,20 +33,29 @@ use super::Error;
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 16 * 1024 * 1024;
 
 /// Bytes a caller should leave free before the first new byte when the
-/// session [`expects_payload`](Session::expects_payload), so the header of
-/// a continued frame can be written in place.
+/// session [`needs_headroom`](Session::needs_headroom), so the header of a
+/// streamed frame's next piece can be written in place.
 pub const HEADROOM: usize = MAX_SERVER_HEADER;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     /// Largest message accepted, summed over fragments (§7.4.1: 1009 beyond).
     pub max_message_size: u64,
+    /// Frames with at most this many payload bytes are echoed whole, as one
+    /// server frame; larger ones are streamed piece by piece. The caller
+    /// must be able to hold this much of one frame.
+    pub echo_whole_up_to: u64,
 }
+
+/// Default for [`Config::echo_whole_up_to`]: a frame that fits a 64 KiB
+/// read buffer with its largest header.
+pub const DEFAULT_ECHO_WHOLE_UP_TO: u64 = 64 * 1024 - super::frame::MAX_CLIENT_HEADER as u64;
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            echo_whole_up_to: DEFAULT_ECHO_WHOLE_UP_TO,
         }
     }
 }
@@ -65,6 +79,9 @@ enum Phase {
         fin: bool,
         /// False once we have sent a close: payload is skipped, not echoed.
         echo: bool,
+        /// The frame is echoed whole: its server header is already written
+        /// and its pieces are [`Event::EchoPart`]s.
+        whole: bool,
     },
     /// The peer's close arrived or the connection failed: input is ignored.
     Closed,
@@ -80,6 +97,13 @@ pub enum Event {
     Nothing,
     /// Send `buf[frame]`: a complete server frame, header written in place.
     Echo { frame: Range<usize> },
+    /// `buf[frame]` is a piece of a server frame echoed whole (the first
+    /// piece starts with its header). Pieces come in order and are contiguous
+    /// within one buffer; send them together once the `last` one is in,
+    /// never before: a control frame must not wait for a client that stops
+    /// halfway through a frame. Nothing but more of this frame's payload can
+    /// come until `last`.
+    EchoPart { frame: Range<usize>, last: bool },
     /// Send `header` then `buf[payload]`: the caller left no headroom, so the
     /// header could not be written in place.
     EchoDetached {
@@ -129,10 +153,24 @@ impl Session {
         }
     }
 
-    /// True when the next input byte continues a data frame's payload; the
-    /// caller then leaves [`HEADROOM`] scratch bytes before it.
-    pub fn expects_payload(&self) -> bool {
-        matches!(self.phase, Phase::Payload { .. })
+    /// True when the next input byte continues a streamed frame's payload;
+    /// the caller then leaves [`HEADROOM`] scratch bytes before it.
+    pub fn needs_headroom(&self) -> bool {
+        matches!(self.phase, Phase::Payload { whole: false, .. })
+    }
+
+    /// Payload bytes still to come of a frame being echoed whole: the caller
+    /// keeps that much room after the pieces it holds.
+    pub fn whole_frame_remaining(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Payload {
+                whole: true,
+                remaining,
+                echo: true,
+                ..
+            } if !self.close_sent => Some(remaining),
+            _ => None,
+        }
     }
 
     /// True once the peer's close has been received or the session failed.
@@ -145,9 +183,10 @@ impl Session {
         self.close_sent
     }
 
-    /// Start a server-initiated close (shutdown: 1001, idle: 1000, §7.1.2).
-    /// Returns the frame to send, or `None` if a close was already sent.
-    /// Data that arrives afterwards is parsed but no longer echoed (§5.5.1).
+    /// Start a server-initiated close (§7.1.2; shutdown and idle both use
+    /// 1001). Returns the frame to send, or `None` if a close was already
+    /// sent. From here no data is echoed (§5.5.1), not even the rest of a
+    /// frame whose first pieces were: the caller drops unsent pieces.
     pub fn initiate_close(&mut self, code: u16, reason: &str) -> Option<ControlFrame> {
         if self.close_sent {
             return None;
@@ -193,7 +232,9 @@ impl Session {
         }
         match self.phase {
             Phase::Closed => need_more(buf.len()),
-            Phase::Payload { .. } => self.payload(buf, pos),
+            // A whole-echoed frame's next piece starts right at `pos`: its
+            // header went out with the first piece.
+            Phase::Payload { whole, .. } => self.payload(buf, pos, whole.then_some(pos)),
             Phase::Header => {
                 let Some(h) = parse_client_header(input, 0)? else {
                     return need_more(pos);
@@ -223,34 +264,56 @@ impl Session {
                 if total > self.config.max_message_size {
                     return Err(Error::MessageTooBig);
                 }
-                if h.payload_len > 0 && payload_start == buf.len() {
+                let whole = h.payload_len <= self.config.echo_whole_up_to;
+                if !whole && h.payload_len > 0 && payload_start == buf.len() {
                     // Keep the header unconsumed: when payload arrives it
                     // gives the echo header room in place.
                     return need_more(pos);
                 }
                 self.message = Some(kind);
                 self.message_len = total;
+                let echo = !self.close_sent;
                 self.phase = Phase::Payload {
                     key: h.key,
                     remaining: h.payload_len,
                     offset: 0,
                     fin: h.fin,
-                    echo: !self.close_sent,
+                    echo,
+                    whole,
                 };
-                self.payload(buf, payload_start)
+                if whole && echo && payload_start + h.payload_len as usize > buf.len() {
+                    // The frame is not all here: write its one header now,
+                    // in the client header's place, and hold its pieces.
+                    let opcode = self.echo_opcode(kind);
+                    self.echo_open = !h.fin;
+                    let mut header = [0u8; MAX_SERVER_HEADER];
+                    let len = encode_server_header(h.fin, opcode, h.payload_len, &mut header);
+                    let at = payload_start - len;
+                    buf[at..payload_start].copy_from_slice(&header[..len]);
+                    return self.payload(buf, payload_start, Some(at));
+                }
+                self.payload(buf, payload_start, None)
             }
         }
     }
 
     /// Handle the payload bytes available at `buf[start..]` for the frame in
-    /// progress; an empty frame is handled (and echoed) here too.
-    fn payload(&mut self, buf: &mut [u8], start: usize) -> Result<Step, Error> {
+    /// progress; an empty frame is handled (and echoed) here too. `part_at`
+    /// is set for a frame echoed whole but not all here: where its piece
+    /// starts (at its header, for the first piece).
+    fn payload(
+        &mut self,
+        buf: &mut [u8],
+        start: usize,
+        part_at: Option<usize>,
+    ) -> Result<Step, Error> {
         let Phase::Payload {
             key,
             remaining,
             offset,
             fin,
             echo,
+            whole,
         } = self.phase
         else {
             return Ok(Step {
@@ -273,13 +336,16 @@ impl Session {
                 offset: offset + n as u64,
                 fin,
                 echo,
+                whole,
             }
         };
         if message_done {
             self.message = None;
             self.message_len = 0;
         }
-        if !echo {
+        // §5.5.1: after our close no data goes out, even when the close was
+        // decided while this frame's payload was still arriving.
+        if !echo || self.close_sent {
             return Ok(Step {
                 next: end,
                 event: Event::Nothing,
@@ -295,14 +361,22 @@ impl Session {
             }
             Kind::Binary => apply_mask(chunk, key, offset),
         }
-        let opcode = match (self.echo_open, kind) {
-            (true, _) => OpCode::Continuation,
-            (false, Kind::Text) => OpCode::Text,
-            (false, Kind::Binary) => OpCode::Binary,
-        };
-        self.echo_open = !message_done;
+        if let Some(from) = part_at {
+            return Ok(Step {
+                next: end,
+                event: Event::EchoPart {
+                    frame: from..end,
+                    last: frame_done,
+                },
+            });
+        }
+        let opcode = self.echo_opcode(kind);
+        // A whole frame keeps the client's FIN; a streamed piece ends the
+        // echo's message only with the client's last byte of it.
+        let echo_fin = if whole { fin } else { message_done };
+        self.echo_open = !echo_fin;
         let mut header = [0u8; MAX_SERVER_HEADER];
-        let header_len = encode_server_header(message_done, opcode, n as u64, &mut header);
+        let header_len = encode_server_header(echo_fin, opcode, n as u64, &mut header);
         let event = match start.checked_sub(header_len) {
             Some(at) => {
                 buf[at..start].copy_from_slice(&header[..header_len]);
@@ -316,6 +390,14 @@ impl Session {
         };
         debug_assert_eq!(header_len, server_header_len(n as u64));
         Ok(Step { next: end, event })
+    }
+
+    fn echo_opcode(&self, kind: Kind) -> OpCode {
+        match (self.echo_open, kind) {
+            (true, _) => OpCode::Continuation,
+            (false, Kind::Text) => OpCode::Text,
+            (false, Kind::Binary) => OpCode::Binary,
+        }
     }
 
     fn control(&mut self, opcode: OpCode, payload: &[u8]) -> Result<Event, Error> {
@@ -426,8 +508,11 @@ mod tests {
 
     /// Feed `input` in pieces of the given sizes (cycled).
     fn run_split(input: &[u8], sizes: &[usize]) -> (Vec<Seen>, Option<Error>) {
+        // Small enough that generated frames take both paths: echoed whole
+        // and streamed.
         let mut h = StreamHarness::new(Config {
             max_message_size: 1 << 20,
+            echo_whole_up_to: 1000,
         });
         let mut rest = input;
         let mut i = 0;
@@ -581,6 +666,7 @@ mod tests {
     fn oversize_frame_is_refused_at_its_header_with_1009_section_7_4_1() {
         let mut s = Session::new(Config {
             max_message_size: 1000,
+            ..Config::default()
         });
         let mut hdr = vec![0x82, 0x80 | 127];
         hdr.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
@@ -657,16 +743,69 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_split_across_reads_is_echoed_as_complete_fragments() {
+    fn a_large_frame_split_across_reads_is_streamed_as_complete_fragments_section_5_4() {
         let payload: Vec<u8> = (0..5000u32).map(|i| b'a' + (i % 26) as u8).collect();
         let input = frame(true, OpCode::Text, &payload);
-        let mut h = StreamHarness::new(Config::default());
+        let mut h = StreamHarness::new(Config {
+            echo_whole_up_to: 4096,
+            ..Config::default()
+        });
         for piece in input.chunks(777) {
             h.feed(piece).unwrap();
+            // Every server frame so far was complete: a control frame could
+            // go next, and the next piece needs room for its own header.
+            assert!(h.session.whole_frame_remaining().is_none());
         }
         assert_eq!(decode(&h.out), vec![Seen::Text(payload)]);
-        // Every server frame so far was complete: a control frame could go next.
-        assert!(!h.session.expects_payload());
+        assert!(
+            h.out.len() > 5000 + 4,
+            "re-fragmented: one header per piece"
+        );
+    }
+
+    #[test]
+    fn a_frame_within_the_whole_limit_is_echoed_as_the_client_framed_it() {
+        // Two fragments of one text message, each split across many reads:
+        // the echo is byte for byte the client's frames minus their masks.
+        let payload: Vec<u8> = (0..5000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut input = frame(false, OpCode::Text, &payload[..3000]);
+        input.extend(frame(true, OpCode::Continuation, &payload[3000..]));
+        let mut h = StreamHarness::new(Config::default());
+        let mut parts = 0;
+        for piece in input.chunks(777) {
+            h.feed(piece).unwrap();
+            parts += usize::from(h.session.whole_frame_remaining().is_some());
+        }
+        assert!(parts > 3, "the frames were held across reads");
+        let mut expected = vec![0x01, 126];
+        expected.extend_from_slice(&3000u16.to_be_bytes());
+        expected.extend_from_slice(&payload[..3000]);
+        expected.extend_from_slice(&[0x80, 126]);
+        expected.extend_from_slice(&2000u16.to_be_bytes());
+        expected.extend_from_slice(&payload[3000..]);
+        assert_eq!(h.out, expected);
+    }
+
+    #[test]
+    fn a_close_decided_mid_frame_stops_the_rest_of_that_frame_section_5_5_1() {
+        for whole_limit in [0, 1 << 20] {
+            let payload = vec![7u8; 4000];
+            let input = frame(true, OpCode::Binary, &payload);
+            let mut h = StreamHarness::new(Config {
+                echo_whole_up_to: whole_limit,
+                ..Config::default()
+            });
+            h.feed(&input[..2000]).unwrap();
+            let before = h.out.len();
+            assert!(h.session.initiate_close(1001, "going away").is_some());
+            assert!(h.session.whole_frame_remaining().is_none());
+            h.feed(&input[2000..]).unwrap();
+            assert_eq!(h.out.len(), before, "data after our close ({whole_limit})");
+            // The session still parses what follows: the peer's close ends it.
+            h.feed(&frame(true, OpCode::Close, &1001u16.to_be_bytes()))
+                .unwrap();
+            assert!(h.closed);
+        }
     }
 
     #[derive(Debug, Clone)]

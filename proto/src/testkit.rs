@@ -52,7 +52,7 @@ impl StreamHarness {
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
-            if self.session.expects_payload() {
+            if self.session.needs_headroom() {
                 self.buf.resize(HEADROOM, 0);
                 self.pos = HEADROOM;
             }
@@ -89,7 +89,11 @@ fn echo_all_from(
         match event {
             Event::NeedMore => return Ok((next, closed)),
             Event::Nothing => {}
-            Event::Echo { frame } => out.extend_from_slice(&input[frame]),
+            // A whole-echoed frame's pieces are contiguous on the wire: no
+            // control frame can come between them (only its payload can).
+            Event::Echo { frame } | Event::EchoPart { frame, .. } => {
+                out.extend_from_slice(&input[frame])
+            }
             Event::EchoDetached {
                 header,
                 header_len,

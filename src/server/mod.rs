@@ -2,8 +2,8 @@
 //! per-connection loop, buffers, timers and shutdown. Every protocol
 //! decision is the core's (`crate::protocol`); this module moves bytes.
 
-mod buffers;
 mod conn;
+mod context;
 pub mod http;
 mod shard;
 pub mod stats;
@@ -18,10 +18,11 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
-pub use buffers::ReadSizing;
+pub use crate::protocol::ReadSizing;
 use stats::{AllStats, ShardStats, Snapshot};
 
 /// Everything an operator can tune. `Default` is safe on the open internet.
+/// The limits a client could push are the engine's (`Config::engine`).
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -58,6 +59,23 @@ pub struct Config {
     pub ring_tuning: bool,
     /// Try a non-blocking send before queueing a ring write.
     pub direct_send: bool,
+}
+
+impl Config {
+    /// The part of the configuration the connection engine enforces.
+    pub fn engine(&self) -> crate::protocol::connection::Config {
+        crate::protocol::connection::Config {
+            max_message_size: self.max_message_size,
+            max_header_bytes: self.max_header_bytes,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            close_timeout: self.close_timeout,
+            max_output_bytes: self.max_output_bytes,
+            read_sizing: self.read_sizing,
+            subprotocols: self.subprotocols.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+        }
+    }
 }
 
 impl Default for Config {

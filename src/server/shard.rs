@@ -3,7 +3,6 @@
 //! connection never leaves the shard that accepted it, so nothing on the
 //! data path is shared between threads.
 
-use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -12,69 +11,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_uring::net::TcpListener;
 
-use super::conn::{self, signal, ConnCtl, Phase};
-use super::stats::{AllStats, ShardStats};
+use super::conn;
+use super::context::{signal, ConnCtl, ShardCtx};
+use super::stats::AllStats;
 use super::{uring, Config};
 
-/// State every task of a shard shares (single-threaded: `Rc`, `Cell`).
-pub(crate) struct ShardCtx {
-    pub cfg: Arc<Config>,
-    pub stats: Arc<ShardStats>,
-    pub all_stats: Arc<AllStats>,
-    start: Instant,
-    /// Coarse clock in ms since start, advanced by the sweep: reading it on
-    /// every I/O completion costs nothing.
-    now: Cell<u64>,
-    conns: RefCell<Registry>,
-    shutting_down: Cell<bool>,
-}
-
-impl ShardCtx {
-    pub fn now(&self) -> u64 {
-        self.now.get()
-    }
-}
-
-/// Live connections of a shard, for the sweep and for shutdown.
-#[derive(Default)]
-struct Registry {
-    slots: Vec<Option<Rc<ConnCtl>>>,
-    free: Vec<usize>,
-    live: usize,
-}
-
-impl Registry {
-    fn insert(&mut self, ctl: Rc<ConnCtl>) -> usize {
-        self.live += 1;
-        match self.free.pop() {
-            Some(i) => {
-                if let Some(slot) = self.slots.get_mut(i) {
-                    *slot = Some(ctl);
-                }
-                i
-            }
-            None => {
-                self.slots.push(Some(ctl));
-                self.slots.len() - 1
-            }
-        }
-    }
-
-    fn remove(&mut self, i: usize) {
-        if let Some(slot) = self.slots.get_mut(i) {
-            if slot.take().is_some() {
-                self.live -= 1;
-                self.free.push(i);
-            }
-        }
-    }
-
-    fn each(&self, mut f: impl FnMut(&ConnCtl)) {
-        for ctl in self.slots.iter().flatten() {
-            f(ctl);
-        }
-    }
-}
+/// Accepts kept in flight at once. One would be served once per turn of the
+/// runtime's scheduler, behind every connection task that is ready: a shard
+/// busy echoing would then open new connections far slower than they come
+/// (a reconnect storm after a deploy).
+const ACCEPTORS: usize = 16;
 
 /// Unregisters a connection when its task ends, before its socket closes:
 /// the sweep must never act on a descriptor number that was reused.
@@ -110,16 +56,9 @@ pub(crate) fn run(
     let _ = ready.send(Ok(id));
     rt.block_on(async move {
         let listen_fd = listener.as_raw_fd();
-        let listener = TcpListener::from_std(listener);
-        let ctx = Rc::new(ShardCtx {
-            cfg: cfg.clone(),
-            stats: all_stats.0.get(id).cloned().unwrap_or_default(),
-            all_stats,
-            start: Instant::now(),
-            now: Cell::new(0),
-            conns: RefCell::new(Registry::default()),
-            shutting_down: Cell::new(false),
-        });
+        let listener = Rc::new(TcpListener::from_std(listener));
+        let stats = all_stats.0.get(id).cloned().unwrap_or_default();
+        let ctx = Rc::new(ShardCtx::new(cfg.clone(), stats, all_stats));
 
         let sweeper = tokio_uring::spawn(sweep(ctx.clone()));
         let stopper = {
@@ -131,24 +70,29 @@ pub(crate) fn run(
                     }
                 }
                 ctx.shutting_down.set(true);
-                // Stop listening: wakes the accept in flight with an error,
+                // Stop listening: wakes the accepts in flight with an error,
                 // and new connections to this shard are refused.
                 // SAFETY: no pointers; `listen_fd` is the listener, which the
-                // accept loop keeps open until it sees `shutting_down`.
+                // accept loops keep open until they see `shutting_down`.
                 unsafe {
                     libc::shutdown(listen_fd, libc::SHUT_RDWR);
                 }
             })
         };
 
-        accept_loop(&listener, &ctx).await;
+        let acceptors: Vec<_> = (0..ACCEPTORS)
+            .map(|_| tokio_uring::spawn(accept_loop(listener.clone(), ctx.clone())))
+            .collect();
+        for a in acceptors {
+            let _ = a.await;
+        }
         let _ = stopper.await;
         drain(&ctx).await;
         sweeper.abort();
     });
 }
 
-async fn accept_loop(listener: &TcpListener, ctx: &Rc<ShardCtx>) {
+async fn accept_loop(listener: Rc<TcpListener>, ctx: Rc<ShardCtx>) {
     loop {
         let accepted = listener.accept().await;
         if ctx.shutting_down.get() {
@@ -177,57 +121,33 @@ async fn accept_loop(listener: &TcpListener, ctx: &Rc<ShardCtx>) {
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let ctl = Rc::new(ConnCtl::new(stream.as_raw_fd(), ctx.now()));
+        let ctl = Rc::new(ConnCtl::new(stream.as_raw_fd()));
         let slot = ctx.conns.borrow_mut().insert(ctl.clone());
         ctx.stats.active.incr();
         let registered = Registered {
             ctx: ctx.clone(),
             slot,
         };
-        let ctx = ctx.clone();
         tokio_uring::spawn(async move {
             // Dropped after `serve` returns, before the stream it owned is
             // closed by tokio-uring's deferred close.
-            let _registered = registered;
-            conn::serve(stream, ctx, ctl).await;
+            let registered = registered;
+            conn::serve(stream, &registered.ctx, &ctl).await;
         });
     }
 }
 
 /// Coarse timers for every connection of the shard: one pass per tick
-/// instead of one timer per connection.
+/// instead of one timer per connection. Each connection's engine says when
+/// it next needs the time; the sweep wakes it once that has passed.
 async fn sweep(ctx: Rc<ShardCtx>) {
-    let cfg = &ctx.cfg;
-    let tick = cfg.tick();
-    let ms = |d: Duration| d.as_millis() as u64;
+    let tick = ctx.cfg.tick();
     loop {
         tokio::time::sleep(tick).await;
-        let now = ctx.start.elapsed().as_millis() as u64;
-        ctx.now.set(now);
-        let conns = ctx.conns.borrow();
-        conns.each(|c| {
-            let age = now.saturating_sub(c.since.get());
-            match c.phase.get() {
-                Phase::Handshake if age >= ms(cfg.handshake_timeout) => {
-                    ctx.stats.timed_out.incr();
-                    c.kill();
-                }
-                Phase::Closing if age >= ms(cfg.close_timeout) => {
-                    ctx.stats.timed_out.incr();
-                    c.kill();
-                }
-                Phase::Open if !cfg.idle_timeout.is_zero() => {
-                    let idle = ms(cfg.idle_timeout);
-                    match c.ping_at.get() {
-                        None if now.saturating_sub(c.last_read.get()) >= idle => {
-                            c.ping_at.set(Some(now));
-                            c.raise(signal::PING);
-                        }
-                        Some(at) if now.saturating_sub(at) >= idle => c.raise(signal::IDLE_CLOSE),
-                        _ => {}
-                    }
-                }
-                _ => {}
+        let now = ctx.tick();
+        ctx.conns.borrow().each(|c| {
+            if c.deadline.get().is_some_and(|d| d <= now) {
+                c.raise(signal::TIMER);
             }
         });
     }
@@ -236,10 +156,7 @@ async fn sweep(ctx: Rc<ShardCtx>) {
 /// Graceful shutdown of the shard's connections: close 1001 to each, wait up
 /// to the drain timeout for the close handshakes, then cut what is left.
 async fn drain(ctx: &Rc<ShardCtx>) {
-    ctx.conns.borrow().each(|c| match c.phase.get() {
-        Phase::Handshake => c.kill(),
-        _ => c.raise(signal::GOING_AWAY),
-    });
+    ctx.conns.borrow().each(|c| c.raise(signal::GOING_AWAY));
     let deadline = Instant::now() + ctx.cfg.drain_timeout;
     while ctx.conns.borrow().live > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;

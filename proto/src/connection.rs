@@ -1,0 +1,839 @@
+//! The connection engine: one TCP stream's whole life as a plain struct,
+//! from the first request byte to the last socket action, in the shape of
+//! quinn-proto's `Connection`.
+//!
+//! A shell hands it the bytes it read ([`Connection::read_buffer`],
+//! [`Connection::handle_read`]), asks what to write
+//! ([`Connection::poll_transmit`]) and reports what was written
+//! ([`Connection::handle_written`]), asks when to wake it
+//! ([`Connection::poll_timeout`]) and tells it the time
+//! ([`Connection::handle_timeout`]), and carries out the socket actions it
+//! decides ([`Connection::poll_shutdown_write`], [`Connection::is_done`]).
+//! The engine never reads a clock or touches a socket: time is an argument,
+//! so every path, timeouts included, is a deterministic unit test.
+//!
+//! Where a new rule goes: a rule about bytes on the wire belongs in
+//! `handshake`, `frame` or `message`; a rule about when to read, write, wait
+//! or give up on a connection belongs here; a shell never decides either.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::close_code;
+use crate::frame::{ControlFrame, MAX_CLIENT_HEADER};
+use crate::handshake::{self, Limits, Parsed, Request};
+use crate::message::{self, Session};
+use crate::out_queue::{CloseOrder, OutQueue};
+use crate::read_buffer::{Flow, ReadBuffer, ReadSizing};
+use crate::HandshakeError;
+
+/// Everything that bounds what a client can make one connection do.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest message, summed over fragments (1009 beyond, §7.4.1).
+    pub max_message_size: u64,
+    /// Largest handshake header block (431 beyond).
+    pub max_header_bytes: usize,
+    /// Time from accept to a complete opening handshake.
+    pub handshake_timeout: Duration,
+    /// Silence after which the server pings; as long again without a byte
+    /// and the connection is closed. Zero disables both.
+    pub idle_timeout: Duration,
+    /// Time a closing connection has to finish before the socket is cut.
+    pub close_timeout: Duration,
+    /// Cost of unsent output (bytes plus queue entries) beyond which the
+    /// connection stops processing and reading input: backpressure.
+    pub max_output_bytes: usize,
+    /// Read buffer sizes; frames that fit the largest are echoed whole.
+    pub read_sizing: ReadSizing,
+    /// Subprotocols the server may select.
+    pub subprotocols: Vec<String>,
+    /// Browser origins allowed to connect; empty allows all (§10.2).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_message_size: message::DEFAULT_MAX_MESSAGE_SIZE,
+            max_header_bytes: handshake::DEFAULT_MAX_HEADER_BYTES,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            close_timeout: Duration::from_secs(5),
+            max_output_bytes: 256 * 1024,
+            read_sizing: ReadSizing {
+                min: 4 * 1024,
+                max: 64 * 1024,
+            },
+            subprotocols: Vec::new(),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// A plain HTTP request (no upgrade) for the shell to answer with
+/// [`Connection::respond`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+}
+
+/// Things that happened, for the shell's counters and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The opening handshake succeeded (§4.2.2).
+    Upgraded,
+    /// A plain HTTP request arrived.
+    HttpRequest,
+    /// The handshake was refused with this HTTP status.
+    HandshakeRejected(u16),
+    /// The peer broke a framing rule; closed with this code (§7.1.7).
+    ProtocolError(u16),
+    /// Silent past the idle ping: closed with 1001.
+    IdleClosed,
+    /// A handshake or closing deadline passed: the socket is cut.
+    TimedOut,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading the request.
+    Handshake,
+    /// An HTTP answer (a page, or a refused handshake) is queued; once it is
+    /// written, half-close and read until the peer goes, so unread input does
+    /// not turn our close into a reset that destroys the answer.
+    Responding,
+    Open,
+    /// Our close (shutdown, idle) is out or queued: waiting for the peer's.
+    ServerClosing,
+    /// The peer's close arrived and our reply is queued; once it is written
+    /// the server closes the TCP connection first (§7.1.1).
+    PeerClosed,
+    /// We failed the connection (§7.1.7): after our close, half-close and
+    /// drain until the peer goes.
+    Failed,
+    /// The peer's side ended (EOF or error): flush what is queued, then close.
+    Gone,
+    /// Close the socket.
+    Done,
+}
+
+const EV_UPGRADED: u8 = 1;
+const EV_HTTP: u8 = 2;
+const EV_REJECTED: u8 = 4;
+const EV_PROTOCOL: u8 = 8;
+const EV_IDLE: u8 = 16;
+const EV_TIMED_OUT: u8 = 32;
+
+/// Reads a closing connection may discard before it is closed anyway.
+const MAX_LINGER_READS: u8 = 64;
+
+/// One connection's engine.
+#[derive(Debug)]
+pub struct Connection {
+    cfg: Arc<Config>,
+    state: State,
+    session: Session,
+    rb: ReadBuffer,
+    out: OutQueue,
+    /// Input is buffered but unprocessed: output must drain first.
+    backlog: bool,
+    half_closed: bool,
+    shutdown_write: bool,
+    handshake_deadline: Instant,
+    last_read: Instant,
+    /// When our idle ping went out, while unanswered by any byte.
+    ping_at: Option<Instant>,
+    /// When the connection's ending was decided: the close timer's start.
+    closing_since: Option<Instant>,
+    linger_reads: u8,
+    http: Option<HttpRequest>,
+    events: u8,
+    rejected_status: u16,
+    failed_code: u16,
+}
+
+impl Connection {
+    /// A connection accepted at `now`.
+    pub fn new(cfg: Arc<Config>, now: Instant) -> Connection {
+        let session = Session::new(message::Config {
+            max_message_size: cfg.max_message_size,
+            echo_whole_up_to: cfg.read_sizing.max.saturating_sub(MAX_CLIENT_HEADER) as u64,
+        });
+        Connection {
+            rb: ReadBuffer::new(cfg.read_sizing),
+            handshake_deadline: now + cfg.handshake_timeout,
+            cfg,
+            state: State::Handshake,
+            session,
+            out: OutQueue::new(),
+            backlog: false,
+            half_closed: false,
+            shutdown_write: false,
+            last_read: now,
+            ping_at: None,
+            closing_since: None,
+            linger_reads: 0,
+            http: None,
+            events: 0,
+            rejected_status: 0,
+            failed_code: 0,
+        }
+    }
+
+    /// True while the engine wants a read in flight.
+    pub fn wants_read(&self) -> bool {
+        match self.state {
+            State::Handshake => true,
+            State::Responding => self.half_closed,
+            // Backpressure: a peer that does not take its echo cannot make us
+            // hold more. Reading goes on when nothing is sendable, so a held
+            // frame's own rest can always arrive.
+            State::Open | State::ServerClosing => {
+                !self.backlog
+                    && (self.out.cost() < self.cfg.max_output_bytes || !self.out.has_pending())
+            }
+            State::Failed => self.out.close_written(),
+            State::PeerClosed | State::Gone | State::Done => false,
+        }
+    }
+
+    /// The buffer for the next read: read into its spare capacity and hand
+    /// it back with [`Connection::handle_read`].
+    pub fn read_buffer(&mut self) -> BytesMut {
+        match self.state {
+            State::Handshake => {
+                // Room to see the limit crossed, so an oversize block gets 431.
+                let want =
+                    (self.cfg.max_header_bytes + 1).saturating_sub(self.rb.unprocessed().len());
+                self.rb.take_for_read(None, &mut self.out, want.max(256))
+            }
+            State::Open | State::ServerClosing => {
+                self.rb.take_for_read(Some(&self.session), &mut self.out, 0)
+            }
+            _ => self.rb.take_for_read(None, &mut self.out, 0),
+        }
+    }
+
+    /// A read into `buf` completed with `n` bytes; 0 is the end of the peer's
+    /// stream (or a read error: either way nothing more will come).
+    pub fn handle_read(&mut self, buf: BytesMut, n: usize, now: Instant) {
+        self.rb.restore(buf, n);
+        if n == 0 {
+            self.peer_gone(now);
+            return self.settle();
+        }
+        self.last_read = now;
+        self.ping_at = None;
+        match self.state {
+            State::Handshake => self.handshake(now),
+            State::Open | State::ServerClosing => self.process(now),
+            _ => {
+                // Draining after our ending: discard.
+                self.rb.consume(usize::MAX);
+                if self.state == State::Responding {
+                    self.linger_reads += 1;
+                    if self.linger_reads >= MAX_LINGER_READS {
+                        self.state = State::Done;
+                    }
+                }
+            }
+        }
+        self.settle();
+    }
+
+    /// Fill `batch` with up to `max` slices to write next (empty when there
+    /// is nothing). Write them in order and report with
+    /// [`Connection::handle_written`].
+    pub fn poll_transmit(&mut self, batch: &mut Vec<Bytes>, max: usize) {
+        self.out.fill_batch(batch, max);
+    }
+
+    /// `n` bytes of the last batch were written; 0 means the peer is gone.
+    pub fn handle_written(&mut self, n: usize, now: Instant) {
+        if n == 0 {
+            self.state = State::Done;
+            return;
+        }
+        self.out.advance(n);
+        if self.backlog && self.out.cost() < self.cfg.max_output_bytes {
+            self.process(now);
+        }
+        self.settle();
+    }
+
+    /// A write failed: nothing more can be delivered.
+    pub fn handle_write_error(&mut self) {
+        self.state = State::Done;
+    }
+
+    /// When the engine next needs [`Connection::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Handshake => Some(self.handshake_deadline),
+            State::Open if !self.cfg.idle_timeout.is_zero() => {
+                Some(self.ping_at.unwrap_or(self.last_read) + self.cfg.idle_timeout)
+            }
+            State::Open | State::Done => None,
+            State::Responding
+            | State::ServerClosing
+            | State::PeerClosed
+            | State::Failed
+            | State::Gone => self.closing_since.map(|t| t + self.cfg.close_timeout),
+        }
+    }
+
+    /// The time is `now`: act on whatever deadline has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(deadline) = self.poll_timeout() else {
+            return;
+        };
+        if now < deadline {
+            return;
+        }
+        match self.state {
+            State::Open => match self.ping_at {
+                // Silent for the idle time: ask whether the peer is there.
+                None => {
+                    self.ping_at = Some(now);
+                    self.out.push_ping(ControlFrame::ping(b"ringecho"));
+                }
+                // Still silent as long again: give up, politely (§7.1.2).
+                Some(_) => {
+                    self.events |= EV_IDLE;
+                    self.close_ahead(now, "idle timeout");
+                }
+            },
+            _ => {
+                self.events |= EV_TIMED_OUT;
+                self.state = State::Done;
+            }
+        }
+    }
+
+    /// Graceful shutdown: close 1001 ahead of queued echo (§7.4.1), or cut
+    /// a connection that has not finished its handshake.
+    pub fn shutdown(&mut self, now: Instant) {
+        match self.state {
+            State::Handshake => self.state = State::Done,
+            State::Open => self.close_ahead(now, "server shutting down"),
+            _ => {}
+        }
+    }
+
+    /// True once: the engine's output is over, shut down the socket's
+    /// writing side (the peer then sees EOF after our last frame).
+    pub fn poll_shutdown_write(&mut self) -> bool {
+        std::mem::take(&mut self.shutdown_write)
+    }
+
+    /// The connection is over: close the socket (§7.1.1: the server closes
+    /// the TCP connection first).
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// A plain HTTP request waiting for the shell's answer.
+    pub fn take_http_request(&mut self) -> Option<HttpRequest> {
+        self.http.take()
+    }
+
+    /// Send `response` to a plain HTTP request, then close.
+    pub fn respond(&mut self, response: Vec<u8>) {
+        if self.state == State::Responding && !self.half_closed {
+            self.out.push_raw(Bytes::from(response));
+        }
+    }
+
+    /// The next thing that happened, for counters; `None` when nothing new.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if self.events == 0 {
+            return None;
+        }
+        let bit = self.events & self.events.wrapping_neg();
+        self.events &= !bit;
+        Some(match bit {
+            EV_UPGRADED => Event::Upgraded,
+            EV_HTTP => Event::HttpRequest,
+            EV_REJECTED => Event::HandshakeRejected(self.rejected_status),
+            EV_PROTOCOL => Event::ProtocolError(self.failed_code),
+            EV_IDLE => Event::IdleClosed,
+            _ => Event::TimedOut,
+        })
+    }
+
+    /// Echo bytes (server frames) queued over the connection's life.
+    pub fn echoed_bytes(&self) -> u64 {
+        self.out.echoed()
+    }
+
+    /// Input bytes moved from one read allocation to another (never data
+    /// payload: only partial headers and control frames).
+    pub fn carried_bytes(&self) -> u64 {
+        self.rb.carried()
+    }
+
+    /// Unsent output cost, for tests and memory accounting.
+    pub fn output_cost(&self) -> usize {
+        self.out.cost()
+    }
+
+    fn handshake(&mut self, now: Instant) {
+        let limits = Limits {
+            max_header_bytes: self.cfg.max_header_bytes,
+        };
+        let mut response = Vec::new();
+        let upgraded = match handshake::parse_request(self.rb.unprocessed(), &limits) {
+            Ok(Parsed::Partial) => return,
+            Ok(Parsed::Complete {
+                request: Request::Plain(req),
+                ..
+            }) => {
+                self.http = Some(HttpRequest {
+                    method: req.method.to_owned(),
+                    path: req.path.to_owned(),
+                });
+                self.events |= EV_HTTP;
+                None
+            }
+            Ok(Parsed::Complete {
+                request: Request::Upgrade(req),
+                ..
+            }) if !handshake::origin_allowed(req.origin, &self.cfg.allowed_origins) => {
+                self.reject(HandshakeError::OriginNotAllowed, &mut response);
+                None
+            }
+            Ok(Parsed::Complete {
+                request: Request::Upgrade(req),
+                consumed,
+            }) => {
+                let protocol =
+                    handshake::select_subprotocol(&req.protocols, &self.cfg.subprotocols);
+                handshake::write_switching_protocols(&mut response, req.key, protocol);
+                Some(consumed)
+            }
+            Err(e) => {
+                self.reject(e, &mut response);
+                None
+            }
+        };
+        if !response.is_empty() {
+            self.out.push_raw(Bytes::from(response));
+        }
+        match upgraded {
+            Some(consumed) => {
+                self.rb.consume(consumed);
+                self.events |= EV_UPGRADED;
+                self.state = State::Open;
+                // Frames the client pipelined behind its handshake.
+                if !self.rb.unprocessed().is_empty() {
+                    self.process(now);
+                }
+            }
+            None => self.begin_ending(State::Responding, now),
+        }
+    }
+
+    fn reject(&mut self, e: HandshakeError, response: &mut Vec<u8>) {
+        self.events |= EV_REJECTED;
+        self.rejected_status = e.status();
+        handshake::write_error_response(response, e);
+    }
+
+    /// Run the session over buffered input, within the output budget.
+    fn process(&mut self, now: Instant) {
+        let result = self
+            .rb
+            .process(&mut self.session, &mut self.out, self.cfg.max_output_bytes);
+        self.backlog = matches!(result, Ok(Flow::Backlog));
+        match result {
+            Ok(Flow::NeedMore | Flow::Backlog) => {}
+            // The peer's close: our reply, if one was due, is queued after
+            // the echo of everything before it (§5.5.1).
+            Ok(Flow::PeerClosed) => self.begin_ending(State::PeerClosed, now),
+            Err(e) => {
+                self.events |= EV_PROTOCOL;
+                self.failed_code = e.close_code();
+                if let Some(close) = self.session.fail(e) {
+                    self.out.push_close(close, CloseOrder::AfterData);
+                }
+                self.backlog = false;
+                self.begin_ending(State::Failed, now);
+            }
+        }
+    }
+
+    /// Our close, ahead of queued echo, which the peer is not taking anyway.
+    fn close_ahead(&mut self, now: Instant, reason: &str) {
+        if let Some(close) = self.session.initiate_close(close_code::GOING_AWAY, reason) {
+            self.out.push_close(close, CloseOrder::AheadOfData);
+            self.rb.drop_held();
+        }
+        self.begin_ending(State::ServerClosing, now);
+    }
+
+    /// From here the close timer bounds the connection's life. It starts
+    /// when the ending is decided, not once our output is written: a peer
+    /// that never reads would hold that write, and the connection, forever.
+    fn begin_ending(&mut self, state: State, now: Instant) {
+        self.state = state;
+        self.closing_since.get_or_insert(now);
+    }
+
+    fn peer_gone(&mut self, now: Instant) {
+        match self.state {
+            State::Handshake | State::Responding | State::Done => self.state = State::Done,
+            // Output still queued goes out first (the peer may only have
+            // half-closed); the close timer bounds that wait.
+            _ => {
+                self.backlog = false;
+                self.begin_ending(State::Gone, now);
+            }
+        }
+    }
+
+    /// Transitions that wait for the output to drain.
+    fn settle(&mut self) {
+        if self.out.has_pending() {
+            return;
+        }
+        match self.state {
+            State::PeerClosed | State::Gone => self.state = State::Done,
+            State::Failed | State::Responding if !self.half_closed && self.http.is_none() => {
+                self.half_closed = true;
+                self.shutdown_write = true;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{encode_client_frame, parse_server_header, OpCode};
+
+    const REQUEST: &[u8] = b"GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    fn frame(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_client_frame(fin, op, [1, 2, 3, 4], payload, &mut v);
+        v
+    }
+
+    /// Plays the shell with a fake clock: reads go into the engine's buffer
+    /// in pieces of at most `piece` bytes, writes take everything offered.
+    struct Shell {
+        conn: Connection,
+        t0: Instant,
+        piece: usize,
+    }
+
+    impl Shell {
+        fn new(cfg: Config) -> Shell {
+            let t0 = Instant::now();
+            Shell {
+                conn: Connection::new(Arc::new(cfg), t0),
+                t0,
+                piece: usize::MAX,
+            }
+        }
+
+        fn at(&self, secs: u64) -> Instant {
+            self.t0 + Duration::from_secs(secs)
+        }
+
+        /// Feed `input` while the engine wants it; returns what is left.
+        fn feed<'a>(&mut self, mut input: &'a [u8], now: Instant) -> &'a [u8] {
+            while !input.is_empty() && self.conn.wants_read() {
+                let mut buf = self.conn.read_buffer();
+                let spare = buf.capacity() - buf.len();
+                let n = input.len().min(spare).min(self.piece);
+                buf.extend_from_slice(&input[..n]);
+                input = &input[n..];
+                self.conn.handle_read(buf, n, now);
+            }
+            input
+        }
+
+        /// Write everything the engine has, as a socket that takes it all.
+        fn drain(&mut self, now: Instant) -> Vec<u8> {
+            let mut wire = Vec::new();
+            let mut batch = Vec::new();
+            for _ in 0..100_000 {
+                self.conn.poll_transmit(&mut batch, 64);
+                if batch.is_empty() {
+                    break;
+                }
+                let n: usize = batch.iter().map(|b| b.len()).sum();
+                for b in &batch {
+                    wire.extend_from_slice(b);
+                }
+                self.conn.handle_written(n, now);
+            }
+            wire
+        }
+
+        /// Feed `input` and drain the output, as a client that reads
+        /// everything while it writes; returns what the server sent.
+        fn pump(&mut self, mut input: &[u8], now: Instant) -> Vec<u8> {
+            let mut wire = Vec::new();
+            for _ in 0..100_000 {
+                input = self.feed(input, now);
+                wire.extend(self.drain(now));
+                if input.is_empty() {
+                    break;
+                }
+            }
+            assert!(input.is_empty(), "the engine stopped reading");
+            wire
+        }
+
+        fn open(cfg: Config) -> Shell {
+            let mut s = Shell::new(cfg);
+            let now = s.t0;
+            assert!(s.feed(REQUEST, now).is_empty());
+            let wire = s.drain(now);
+            assert!(wire.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+            assert_eq!(s.conn.poll_event(), Some(Event::Upgraded));
+            s
+        }
+    }
+
+    /// Server frames as (opcode byte with FIN, payload).
+    fn frames(mut wire: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut seen = Vec::new();
+        while let Ok(Some(h)) = parse_server_header(wire) {
+            let end = h.header_len + h.payload_len as usize;
+            seen.push((wire[0], wire[h.header_len..end].to_vec()));
+            wire = &wire[end..];
+        }
+        assert!(wire.is_empty(), "trailing bytes {wire:?}");
+        seen
+    }
+
+    #[test]
+    fn the_handshake_deadline_cuts_a_slow_request_section_4_1() {
+        let mut s = Shell::new(Config::default());
+        let (at9, at10) = (s.at(9), s.at(10));
+        assert!(s.feed(&REQUEST[..20], at9).is_empty());
+        assert_eq!(
+            s.conn.poll_timeout(),
+            Some(at10),
+            "from accept, not from the last byte"
+        );
+        s.conn.handle_timeout(at9);
+        assert!(!s.conn.is_done());
+        s.conn.handle_timeout(at10);
+        assert!(s.conn.is_done());
+        assert_eq!(s.conn.poll_event(), Some(Event::TimedOut));
+    }
+
+    #[test]
+    fn pipelined_frames_behind_the_handshake_are_echoed_after_the_101() {
+        let mut s = Shell::new(Config::default());
+        let mut input = REQUEST.to_vec();
+        input.extend(frame(true, OpCode::Text, b"early"));
+        let now = s.t0;
+        s.feed(&input, now);
+        let wire = s.drain(now);
+        let at = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(frames(&wire[at..]), vec![(0x81, b"early".to_vec())]);
+    }
+
+    #[test]
+    fn a_refused_handshake_is_answered_then_half_closed_and_drained_section_4_2_2() {
+        let mut s = Shell::new(Config::default());
+        let now = s.t0;
+        s.feed(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+            now,
+        );
+        assert_eq!(s.conn.poll_event(), Some(Event::HandshakeRejected(400)));
+        assert!(!s.conn.wants_read(), "the answer goes out before any read");
+        let wire = s.drain(now);
+        assert!(wire.starts_with(b"HTTP/1.1 400 "));
+        assert!(s.conn.poll_shutdown_write());
+        assert!(s.conn.wants_read(), "drains so our close is not a reset");
+        s.feed(b"more garbage", now);
+        assert!(!s.conn.is_done());
+        s.conn.handle_read(BytesMut::new(), 0, now);
+        assert!(s.conn.is_done());
+    }
+
+    #[test]
+    fn a_plain_request_is_the_shells_to_answer() {
+        let mut s = Shell::new(Config::default());
+        let now = s.t0;
+        s.feed(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", now);
+        let req = s.conn.take_http_request().unwrap();
+        assert_eq!(
+            (req.method.as_str(), req.path.as_str()),
+            ("GET", "/healthz")
+        );
+        assert!(s.drain(now).is_empty(), "nothing before the answer");
+        assert!(!s.conn.poll_shutdown_write());
+        s.conn.respond(b"HTTP/1.1 200 OK\r\n\r\n".to_vec());
+        assert_eq!(s.drain(now), b"HTTP/1.1 200 OK\r\n\r\n");
+        assert!(s.conn.poll_shutdown_write());
+        // The linger ends after the close timer at the latest.
+        s.conn.handle_timeout(s.at(5));
+        assert!(s.conn.is_done());
+    }
+
+    #[test]
+    fn idle_ping_then_idle_close_then_the_close_timer_section_7_1_2() {
+        let mut s = Shell::open(Config::default());
+        assert_eq!(s.conn.poll_timeout(), Some(s.at(60)));
+        s.conn.handle_timeout(s.at(59));
+        assert!(s.drain(s.at(59)).is_empty());
+        s.conn.handle_timeout(s.at(60));
+        assert_eq!(
+            frames(&s.drain(s.at(60))),
+            vec![(0x89, b"ringecho".to_vec())]
+        );
+        assert_eq!(s.conn.poll_timeout(), Some(s.at(120)));
+        s.conn.handle_timeout(s.at(120));
+        assert_eq!(s.conn.poll_event(), Some(Event::IdleClosed));
+        let wire = s.drain(s.at(120));
+        let (op, payload) = &frames(&wire)[0];
+        assert_eq!((*op, &payload[..2]), (0x88, &1001u16.to_be_bytes()[..]));
+        // The peer never answers: the close timer cuts it.
+        assert_eq!(s.conn.poll_timeout(), Some(s.at(125)));
+        assert!(!s.conn.is_done());
+        s.conn.handle_timeout(s.at(125));
+        assert!(s.conn.is_done());
+    }
+
+    #[test]
+    fn any_byte_after_the_idle_ping_keeps_the_connection() {
+        let mut s = Shell::open(Config::default());
+        s.conn.handle_timeout(s.at(60));
+        s.drain(s.at(60));
+        let pong = frame(true, OpCode::Pong, b"ringecho");
+        s.feed(&pong, s.at(70));
+        assert_eq!(
+            s.conn.poll_timeout(),
+            Some(s.at(130)),
+            "idle again from the read"
+        );
+        s.conn.handle_timeout(s.at(120));
+        assert!(s.drain(s.at(120)).is_empty());
+        assert!(!s.conn.is_done());
+    }
+
+    #[test]
+    fn shutdown_during_a_half_received_frame_sends_no_data_after_the_close_section_5_5_1() {
+        // Streamed (1 MiB) and echoed whole (16 KiB): either way, once the
+        // close is decided nothing of the frame's rest may follow it.
+        for size in [1 << 20, 16 << 10] {
+            let mut s = Shell::open(Config::default());
+            s.piece = 4096;
+            let input = frame(true, OpCode::Binary, &vec![5u8; size]);
+            let half = input.len() / 2;
+            let now = s.at(1);
+            let mut wire = s.pump(&input[..half], now);
+            s.conn.shutdown(now);
+            wire.extend(s.pump(&input[half..], now));
+            let seen = frames(&wire);
+            let close = seen.iter().position(|(op, _)| *op == 0x88).unwrap();
+            assert_eq!(close, seen.len() - 1, "{size}: data after our close");
+            assert_eq!(&seen[close].1[..2], &1001u16.to_be_bytes());
+            // The peer's close completes the handshake; the server closes.
+            s.feed(&frame(true, OpCode::Close, &1001u16.to_be_bytes()), now);
+            assert!(s.drain(now).is_empty(), "no reply to the reply");
+            assert!(s.conn.is_done(), "{size}");
+        }
+    }
+
+    #[test]
+    fn a_peer_close_behind_backpressure_is_answered_after_every_echo_section_5_5_1() {
+        let mut s = Shell::open(Config::default());
+        let now = s.at(1);
+        let mut input = Vec::new();
+        for _ in 0..100 {
+            input.extend(frame(true, OpCode::Binary, &[9u8; 8000]));
+        }
+        input.extend(frame(true, OpCode::Close, &1000u16.to_be_bytes()));
+        // The client writes everything and reads nothing.
+        let rest = s.feed(&input, now);
+        assert!(!rest.is_empty(), "backpressure stopped reading");
+        assert!(s.conn.output_cost() <= 256 * 1024 + 8100);
+        let wire = s.pump(rest, now);
+        let seen = frames(&wire);
+        assert_eq!(seen.len(), 101);
+        assert!(s.drain(now).is_empty());
+        assert!(seen[..100]
+            .iter()
+            .all(|(op, p)| *op == 0x82 && p.len() == 8000));
+        assert_eq!(seen[100], (0x88, 1000u16.to_be_bytes().to_vec()));
+        assert!(s.conn.is_done(), "the server closes TCP first (§7.1.1)");
+    }
+
+    #[test]
+    fn empty_frames_from_a_client_that_never_reads_cannot_grow_memory() {
+        for payload in [&[][..], &[1u8][..], &[2u8; 125][..]] {
+            let mut s = Shell::open(Config::default());
+            let one = frame(true, OpCode::Binary, payload);
+            let input = one.repeat(200_000);
+            let rest = s.feed(&input, s.at(1));
+            assert!(!rest.is_empty(), "backpressure must stop reading");
+            let cost = s.conn.output_cost();
+            assert!(
+                cost <= 256 * 1024 + 200,
+                "{} B frames: cost {cost}",
+                payload.len()
+            );
+            assert!(s.conn.rb.capacity() <= 128 * 1024);
+            // Everything comes back once the client reads.
+            let mut echoed = s.drain(s.at(1)).len();
+            echoed += s.pump(rest, s.at(1)).len();
+            assert_eq!(echoed, 200_000 * (payload.len() + 2));
+        }
+    }
+
+    #[test]
+    fn ten_pings_in_one_read_get_ten_pongs_in_order_section_5_5_2() {
+        let mut s = Shell::open(Config::default());
+        let mut input = Vec::new();
+        for i in 0..10u8 {
+            input.extend(frame(true, OpCode::Ping, &[b'p', i]));
+        }
+        s.feed(&input, s.at(1));
+        let seen = frames(&s.drain(s.at(1)));
+        let expected: Vec<_> = (0..10u8).map(|i| (0x8A, vec![b'p', i])).collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn a_frame_that_fits_the_read_buffer_is_echoed_as_one_frame_from_small_reads() {
+        let mut s = Shell::open(Config::default());
+        s.piece = 1000;
+        let payload: Vec<u8> = (0..16384u32).map(|i| i as u8).collect();
+        let input = frame(true, OpCode::Binary, &payload);
+        let seen = frames(&s.pump(&input, s.at(1)));
+        assert_eq!(seen.len(), 1, "one frame, as the client sent it");
+        assert!(seen[0] == (0x82, payload), "the payload, unmasked");
+        assert_eq!(s.conn.carried_bytes(), 0, "no payload byte was copied");
+    }
+
+    #[test]
+    fn a_protocol_error_closes_after_the_echo_then_half_closes_section_7_1_7() {
+        let mut s = Shell::open(Config::default());
+        let mut input = frame(true, OpCode::Text, b"ok");
+        input.extend([0x81, 0x02, b'n', b'o']); // unmasked
+        s.feed(&input, s.at(1));
+        assert_eq!(s.conn.poll_event(), Some(Event::ProtocolError(1002)));
+        let seen = frames(&s.drain(s.at(1)));
+        assert_eq!(seen[0], (0x81, b"ok".to_vec()));
+        assert_eq!(seen[1].0, 0x88);
+        assert!(s.conn.poll_shutdown_write());
+        assert_eq!(s.conn.poll_timeout(), Some(s.at(6)));
+        s.conn.handle_timeout(s.at(6));
+        assert!(s.conn.is_done());
+    }
+}

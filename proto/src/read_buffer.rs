@@ -1,0 +1,223 @@
+//! The connection's read buffer, which the echo is cut from.
+//!
+//! Bytes are read into the spare capacity of a `BytesMut`; the session
+//! unmasks and validates them where they lie and writes each server header
+//! just before its payload; the engine then splits that range off and
+//! freezes it into a `Bytes` for the output queue. The allocation is shared
+//! by reference count, so no payload byte is copied in user space. Once every
+//! `Bytes` cut from an allocation has been written and dropped,
+//! `BytesMut::reserve` reclaims the same allocation for the next read, which
+//! makes each connection's buffer its own pool.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::message::{Event, Session, HEADROOM};
+use crate::out_queue::{CloseOrder, OutQueue};
+use crate::Error;
+
+/// How a connection's read buffer grows and shrinks: small for idle or
+/// chatty connections (many connections, little memory each), large for
+/// bulk transfers (fewer, larger reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadSizing {
+    pub min: usize,
+    pub max: usize,
+}
+
+/// What processing the buffered input produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// All input was processed; read more.
+    NeedMore,
+    /// The output queue reached its budget with input left unprocessed:
+    /// process again once output drains, before reading more.
+    Backlog,
+    /// The peer's close arrived (and our reply, if any, is queued).
+    PeerClosed,
+}
+
+/// The connection's read buffer.
+#[derive(Debug)]
+pub struct ReadBuffer {
+    buf: BytesMut,
+    /// Start of unprocessed input; bytes before it are scratch (headroom) or
+    /// held pieces.
+    pos: usize,
+    /// Start of the pieces of a frame echoed whole that are not cut off yet.
+    held: Option<usize>,
+    /// Allocation size to ask for next.
+    size: usize,
+    sizing: ReadSizing,
+    /// Spare room the buffer out for a read was offered.
+    offered: usize,
+    /// Bytes carried over into a new allocation (partial headers and
+    /// control frames only: data payload is never moved).
+    carried: u64,
+}
+
+impl ReadBuffer {
+    pub fn new(sizing: ReadSizing) -> ReadBuffer {
+        ReadBuffer {
+            buf: BytesMut::new(),
+            pos: 0,
+            held: None,
+            size: sizing.min,
+            sizing,
+            offered: 0,
+            carried: 0,
+        }
+    }
+
+    /// Unprocessed input (for the handshake parser).
+    pub fn unprocessed(&self) -> &[u8] {
+        self.buf.get(self.pos..).unwrap_or_default()
+    }
+
+    /// Drop `n` processed bytes from the front of the unprocessed input.
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.buf.len() - self.pos);
+        self.buf.advance(self.pos + n);
+        self.pos = 0;
+        self.held = None;
+    }
+
+    /// Bytes of input copied from one allocation to the next so far.
+    pub fn carried(&self) -> u64 {
+        self.carried
+    }
+
+    /// Allocated bytes this buffer holds now (for memory accounting).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Make room for the next read and hand the buffer out for it: the read
+    /// goes into its spare capacity. `at_least` is the spare room wanted (the
+    /// handshake asks for enough to see its header limit crossed).
+    pub fn take_for_read(
+        &mut self,
+        session: Option<&Session>,
+        out: &mut OutQueue,
+        at_least: usize,
+    ) -> BytesMut {
+        if self.pos == self.buf.len() && self.held.is_none() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        // A frame echoed whole gets room for all of its rest, so it is cut
+        // from at most two allocations.
+        let rest = session
+            .and_then(Session::whole_frame_remaining)
+            .map_or(0, |r| r as usize);
+        let want = self.size.max(at_least).max(rest);
+        if self.buf.capacity() - self.buf.len() < (want / 2).max(rest) {
+            if let Some(from) = self.held.take() {
+                // Its pieces so far stay where they are, as a held slice.
+                out.push_part(self.cut(from, self.pos));
+            }
+            self.carried += self.buf.len() as u64;
+            // Reclaims the allocation when every echo cut from it is gone,
+            // else allocates; carries at most a partial header along.
+            self.buf.reserve(want);
+        }
+        if session.is_some_and(Session::needs_headroom) && self.buf.is_empty() {
+            self.buf.put_bytes(0, HEADROOM);
+            self.pos = HEADROOM;
+        }
+        let buf = std::mem::take(&mut self.buf);
+        self.offered = buf.capacity() - buf.len();
+        buf
+    }
+
+    /// Take the buffer back after a read of `n` bytes, and adapt the next
+    /// allocation size to how full this read was.
+    pub fn restore(&mut self, buf: BytesMut, n: usize) {
+        self.buf = buf;
+        if n >= self.offered * 3 / 4 {
+            self.size = (self.size * 2).min(self.sizing.max);
+        } else if n < self.size / 8 {
+            self.size = (self.size / 2).max(self.sizing.min);
+        }
+    }
+
+    /// Run the session over the unprocessed input, queueing what it produces,
+    /// until the input runs out or the queue's cost reaches `budget`.
+    /// On `Err` the session has failed; the caller queues its close frame.
+    pub fn process(
+        &mut self,
+        session: &mut Session,
+        out: &mut OutQueue,
+        budget: usize,
+    ) -> Result<Flow, Error> {
+        loop {
+            if out.cost() >= budget {
+                return Ok(Flow::Backlog);
+            }
+            let step = session.step(&mut self.buf, self.pos)?;
+            match step.event {
+                Event::NeedMore => {
+                    // Drop what was consumed; keep held pieces and a partial
+                    // header or control frame.
+                    let keep = self.held.unwrap_or(step.next).min(step.next);
+                    self.buf.advance(keep);
+                    self.pos = step.next - keep;
+                    self.held = self.held.map(|_| 0);
+                    return Ok(Flow::NeedMore);
+                }
+                Event::Nothing => self.pos = step.next,
+                Event::Echo { frame } => {
+                    let bytes = self.cut(frame.start, frame.end);
+                    out.push_frame(bytes);
+                }
+                Event::EchoPart { frame, last } => {
+                    let from = *self.held.get_or_insert(frame.start);
+                    if last {
+                        self.held = None;
+                        let bytes = self.cut(from, frame.end);
+                        out.push_frame(bytes);
+                    } else {
+                        self.pos = step.next;
+                    }
+                }
+                Event::EchoDetached {
+                    header,
+                    header_len,
+                    payload,
+                } => {
+                    let header =
+                        Bytes::copy_from_slice(header.get(..header_len).unwrap_or_default());
+                    let payload = self.cut(payload.start, payload.end);
+                    out.push_detached(header, payload);
+                }
+                Event::Pong(frame) => {
+                    out.push_pong(frame);
+                    self.pos = step.next;
+                }
+                Event::Closed { reply } => {
+                    if let Some(frame) = reply {
+                        out.push_close(frame, CloseOrder::AfterData);
+                    }
+                    self.buf.clear();
+                    self.pos = 0;
+                    self.held = None;
+                    return Ok(Flow::PeerClosed);
+                }
+            }
+        }
+    }
+
+    /// Forget held pieces of a frame that will not be echoed (our close went
+    /// ahead of it); their bytes go with the next consumed input.
+    pub fn drop_held(&mut self) {
+        self.held = None;
+    }
+
+    /// Split `buf[start..end]` off as a shared, immutable slice of the same
+    /// allocation; everything before `end` leaves the buffer.
+    fn cut(&mut self, start: usize, end: usize) -> Bytes {
+        let mut head = self.buf.split_to(end);
+        head.advance(start);
+        self.pos -= end.min(self.pos);
+        head.freeze()
+    }
+}
