@@ -28,6 +28,11 @@ LOAD OPTIONS (URL is ws://IP:PORT/PATH, or tcp://IP:PORT with --raw):
                            fixed schedule; latency counts from the intended send
                            time (no coordinated omission). Default: closed loop.
     --in-flight K          Closed loop: messages outstanding per connection [default: 1]
+    --echo-on-open         Closed loop: each connection starts echoing as soon as its
+                           own handshake completes, while the rest are still being
+                           opened (uWebSockets' load_test pattern). The clock,
+                           --warmup included, starts at the first connect. Default:
+                           all connections open first, then the load starts at once.
     --binary | --text      Message opcode [default: --binary]
     --threads T            Client threads, each with its own epoll loop
                            [default: min(available CPUs, connections)]
@@ -46,6 +51,9 @@ LOAD OPTIONS (URL is ws://IP:PORT/PATH, or tcp://IP:PORT with --raw):
     --drain SECS           After the window, time to wait for outstanding echoes before
                            counting them lost [default: 2]
     --connect-timeout SECS Time for all connections of a thread to be set up [default: 15]
+
+    The report gives the time from the first connect until the last connection
+    opened (open_secs) and how many never opened (connections_failed).
 
 COMPARE OPTIONS:
     --ringecho PATH        ringecho binary (build it with cargo build --release)
@@ -120,6 +128,9 @@ pub struct LoadArgs {
     pub warmup: Duration,
     pub rate: Option<f64>,
     pub in_flight: usize,
+    /// Each connection starts its closed loop the moment it opens, instead
+    /// of all starting together once every connection is open.
+    pub echo_on_open: bool,
     pub binary: bool,
     pub threads: usize,
     pub pin: Option<Vec<usize>>,
@@ -278,6 +289,7 @@ fn parse_load(args: &[String]) -> Result<LoadArgs, String> {
         warmup: Duration::from_secs(1),
         rate: None,
         in_flight: 1,
+        echo_on_open: false,
         binary: true,
         threads: 0,
         pin: None,
@@ -308,6 +320,7 @@ fn parse_load(args: &[String]) -> Result<LoadArgs, String> {
                 a.rate = Some(r);
             }
             "--in-flight" => a.in_flight = f.num(flag)?,
+            "--echo-on-open" => a.echo_on_open = true,
             "--binary" => a.binary = true,
             "--text" => a.binary = false,
             "--threads" | "-t" => a.threads = f.num(flag)?,
@@ -357,6 +370,11 @@ fn parse_load(args: &[String]) -> Result<LoadArgs, String> {
     }
     if a.duration.is_zero() {
         return Err("--duration must be positive".into());
+    }
+    if a.echo_on_open && a.rate.is_some() {
+        // The open-loop schedule spreads over the connections open when it
+        // starts; one that grows as connections open is another workload.
+        return Err("--echo-on-open is a closed-loop mode; drop --rate".into());
     }
     if a.threads == 0 {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -68,6 +68,19 @@ pub struct Report {
     pub opcode: String,
     pub connections: usize,
     pub connections_open: u64,
+    /// Connections that never opened: connect failures, timeouts and
+    /// refused handshakes together (each also counted under `errors`).
+    #[serde(default)]
+    pub connections_failed: u64,
+    /// Each connection echoed from the moment it opened (`--echo-on-open`).
+    #[serde(default)]
+    pub echo_on_open: bool,
+    /// From the first connect until the last connection opened, seconds.
+    #[serde(default)]
+    pub open_secs: f64,
+    /// Echoes received before the last connection opened.
+    #[serde(default)]
+    pub echoes_while_opening: u64,
     pub size: usize,
     pub in_flight: usize,
     pub rate_target: Option<f64>,
@@ -148,6 +161,17 @@ impl Report {
             opcode: if args.binary { "binary" } else { "text" }.into(),
             connections: args.connections,
             connections_open: stats.opened,
+            connections_failed: [
+                ErrorKind::ConnectFailed,
+                ErrorKind::ConnectTimeout,
+                ErrorKind::HandshakeFailed,
+            ]
+            .iter()
+            .map(|k| stats.errors[*k as usize])
+            .sum(),
+            echo_on_open: args.echo_on_open,
+            open_secs: stats.open_us as f64 / 1e6,
+            echoes_while_opening: stats.echoes_while_opening,
             size: args.size,
             in_flight: args.in_flight,
             rate_target: args.rate,
@@ -184,6 +208,8 @@ impl Report {
         s.messages = self.messages;
         s.payload_bytes = self.messages * self.size as u64;
         s.opened = self.connections_open;
+        s.open_us = (self.open_secs * 1e6).round() as u64;
+        s.echoes_while_opening = self.echoes_while_opening;
         for (name, n) in &self.errors {
             match ErrorKind::ALL.iter().find(|k| k.name() == name) {
                 Some(k) => s.errors[*k as usize] += n,
@@ -232,6 +258,19 @@ impl Report {
             "  connect µs: p50 {} p90 {} p99 {} max {}",
             c.p50, c.p90, c.p99, c.max
         );
+        let _ = write!(
+            o,
+            "  opened {} of {} in {:.3} s, {} failed to open",
+            self.connections_open, self.connections, self.open_secs, self.connections_failed
+        );
+        if self.echo_on_open {
+            let _ = write!(
+                o,
+                "; echoing from each open, {} echoes before the last opened",
+                self.echoes_while_opening
+            );
+        }
+        let _ = writeln!(o);
         if let Some(cpu) = &self.cpu {
             let _ = write!(o, "  CPU over the window: client {:.0}%", cpu.client_pct);
             if let Some(s) = cpu.server_pct {

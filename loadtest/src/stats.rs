@@ -77,6 +77,11 @@ pub struct Stats {
     /// Payload bytes of those echoes (one direction).
     pub payload_bytes: u64,
     pub opened: u64,
+    /// From the first connect to the last connection that opened, µs.
+    pub open_us: u64,
+    /// Echoes received before the last connection opened (only
+    /// `--echo-on-open` sends that early).
+    pub echoes_while_opening: u64,
     pub errors: [u64; ErrorKind::ALL.len()],
 }
 
@@ -88,6 +93,8 @@ impl Stats {
             messages: 0,
             payload_bytes: 0,
             opened: 0,
+            open_us: 0,
+            echoes_while_opening: 0,
             errors: [0; ErrorKind::ALL.len()],
         }
     }
@@ -108,6 +115,9 @@ impl Stats {
         self.messages += other.messages;
         self.payload_bytes += other.payload_bytes;
         self.opened += other.opened;
+        // Threads and processes open side by side: the last one done ends it.
+        self.open_us = self.open_us.max(other.open_us);
+        self.echoes_while_opening += other.echoes_while_opening;
         for (a, b) in self.errors.iter_mut().zip(other.errors) {
             *a += b;
         }

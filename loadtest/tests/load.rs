@@ -291,6 +291,41 @@ fn raw_mode_against_raw_uring_peer() {
 }
 
 #[test]
+fn echo_on_open_echoes_while_the_other_connections_are_still_opening() {
+    // The connect rate stretches the opening over about a quarter of a
+    // second, so the first connections are certain to echo before the last
+    // ones open; it also keeps SYNs within the peer's accept backlog.
+    let server = peer("fastwebsockets", &[]);
+    let (status, r) = load(
+        &server,
+        &[
+            "--connections",
+            "500",
+            "--connect-rate",
+            "2000",
+            "--source-ips",
+            "4",
+            "--size",
+            "64",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--echo-on-open",
+        ],
+    );
+    assert!(status.success(), "{r}");
+    assert_eq!(r["error_total"], 0, "{r}");
+    assert_eq!(r["connections_open"], 500, "{r}");
+    assert_eq!(r["connections_failed"], 0, "{r}");
+    assert_eq!(r["echo_on_open"], true, "{r}");
+    let open = r["open_secs"].as_f64().unwrap_or(0.0);
+    assert!((0.2..10.0).contains(&open), "open_secs {open}: {r}");
+    assert!(r["echoes_while_opening"].as_u64() > Some(0), "{r}");
+    assert!(r["messages"].as_u64() > Some(0), "{r}");
+}
+
+#[test]
 fn nothing_listening_is_a_counted_connect_failure() {
     // Bind then drop to find a port with (almost certainly) no listener.
     let addr = std::net::TcpListener::bind("127.0.0.1:0")

@@ -59,6 +59,9 @@ pub fn run(args: &LoadArgs, per_process: usize, source_ips: u32) -> Result<Repor
         if args.raw {
             cmd.arg("--raw");
         }
+        if args.echo_on_open {
+            cmd.arg("--echo-on-open");
+        }
         let child = cmd
             .stdout(Stdio::piped())
             .stdin(Stdio::null())

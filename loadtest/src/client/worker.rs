@@ -94,6 +94,115 @@ impl Timer {
     }
 }
 
+/// Starts this thread's connections (at most `MAX_PENDING` unfinished at
+/// once, at `--connect-rate` when given) and gives up on them at `deadline`.
+struct Opener {
+    start: Instant,
+    deadline: Instant,
+    gap: Option<Duration>,
+    next_connect: Instant,
+    pending: usize,
+    /// Every connection has opened or failed, or the thread gave up.
+    done: bool,
+}
+
+impl Opener {
+    fn new(plan: &Plan, start: Instant) -> Opener {
+        Opener {
+            start,
+            deadline: start + plan.args.connect_timeout,
+            gap: plan.connect_rate.map(|r| Duration::from_secs_f64(1.0 / r)),
+            next_connect: start,
+            pending: 0,
+            done: plan.conns.is_empty(),
+        }
+    }
+
+    /// Start every connection that is due.
+    fn start_due(
+        &mut self,
+        plan: &Plan,
+        poll: &Poll,
+        slots: &mut Vec<Option<Conn>>,
+        stats: &mut Stats,
+        now: Instant,
+    ) {
+        let args = &plan.args;
+        while slots.len() < plan.conns.len()
+            && self.pending < MAX_PENDING
+            && now >= self.next_connect
+        {
+            let global = plan.conns[slots.len()];
+            let source = plan.source_ips.map(|k| 1 + (global % k as usize) as u8);
+            let token = Token(slots.len());
+            let conn = socket::start_connect(args.addr, source).and_then(|s| {
+                let mut stream = TcpStream::from_std(s);
+                poll.registry().register(
+                    &mut stream,
+                    token,
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+                Ok(Conn::new(stream, &args.host, &args.path, args.raw, now))
+            });
+            match conn {
+                Ok(c) => {
+                    slots.push(Some(c));
+                    self.pending += 1;
+                }
+                Err(_) => {
+                    stats.error(ErrorKind::ConnectFailed, 1);
+                    slots.push(None);
+                }
+            }
+            if let Some(g) = self.gap {
+                self.next_connect += g;
+            }
+        }
+        if slots.len() == plan.conns.len() && self.pending == 0 {
+            self.done = true;
+        }
+    }
+
+    /// How long the event loop may sleep before a connect is due.
+    fn wait(&self, plan: &Plan, slots: &[Option<Conn>], now: Instant) -> Duration {
+        let mut wait = self.deadline.saturating_duration_since(now);
+        if slots.len() < plan.conns.len() && self.pending < MAX_PENDING {
+            wait = wait.min(self.next_connect.saturating_duration_since(now));
+        }
+        wait
+    }
+
+    /// Account for what an event did to an unfinished connection.
+    fn changed(&mut self, change: Change, stats: &mut Stats, now: Instant, echoes: u64) {
+        if change == Change::None {
+            return;
+        }
+        self.pending = self.pending.saturating_sub(1);
+        if change == Change::Opened {
+            let us = now.saturating_duration_since(self.start).as_micros() as u64;
+            stats.open_us = stats.open_us.max(us);
+            stats.echoes_while_opening = echoes;
+        }
+    }
+
+    /// Stop opening: whatever is still connecting missed its chance, and
+    /// connections never started count too.
+    fn give_up(&mut self, plan: &Plan, slots: &mut [Option<Conn>], stats: &mut Stats) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let unstarted = plan.conns.len() - slots.len();
+        stats.error(ErrorKind::ConnectTimeout, unstarted as u64);
+        for slot in slots.iter_mut() {
+            if slot.as_ref().is_some_and(|c| !c.is_open()) {
+                stats.error(ErrorKind::ConnectTimeout, 1);
+                *slot = None;
+            }
+        }
+    }
+}
+
 pub fn run(plan: Plan) -> Stats {
     let mut stats = Stats::new();
     if let Some(cpu) = plan.pin {
@@ -117,92 +226,59 @@ pub fn run(plan: Plan) -> Stats {
     let mut slots: Vec<Option<Conn>> = Vec::with_capacity(plan.conns.len());
     let mut echoes = 0u64;
     let idle = (Instant::now(), Instant::now());
+    let echo_on_open = args.echo_on_open;
 
-    // Connect phase.
-    let start = Instant::now();
-    let deadline = start + args.connect_timeout;
-    let gap = plan.connect_rate.map(|r| Duration::from_secs_f64(1.0 / r));
-    let mut next_connect = start;
-    let mut pending = 0usize;
-    loop {
-        let now = Instant::now();
-        while slots.len() < plan.conns.len() && pending < MAX_PENDING && now >= next_connect {
-            let global = plan.conns[slots.len()];
-            let source = plan.source_ips.map(|k| 1 + (global % k as usize) as u8);
-            let token = Token(slots.len());
-            let conn = socket::start_connect(args.addr, source).and_then(|s| {
-                let mut stream = TcpStream::from_std(s);
-                poll.registry().register(
-                    &mut stream,
-                    token,
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
-                Ok(Conn::new(stream, &args.host, &args.path, args.raw, now))
-            });
-            match conn {
-                Ok(c) => {
-                    slots.push(Some(c));
-                    pending += 1;
-                }
-                Err(_) => {
-                    stats.error(ErrorKind::ConnectFailed, 1);
-                    slots.push(None);
-                }
+    // With --echo-on-open the threads start together and the run's clock
+    // starts with the first connect; otherwise they meet once all are open.
+    if echo_on_open {
+        plan.barrier.wait();
+    }
+    let mut opener = Opener::new(&plan, Instant::now());
+
+    // Connect phase, ended by the deadline if not by the last open.
+    if !echo_on_open {
+        loop {
+            let now = Instant::now();
+            opener.start_due(&plan, &poll, &mut slots, &mut stats, now);
+            if opener.done || now >= opener.deadline {
+                break;
             }
-            if let Some(g) = gap {
-                next_connect += g;
-            }
-        }
-        if slots.len() == plan.conns.len() && pending == 0 {
-            break;
-        }
-        if now >= deadline {
-            break;
-        }
-        let mut timeout = (deadline - now).min(Duration::from_millis(10));
-        if slots.len() < plan.conns.len() && pending < MAX_PENDING {
-            timeout = timeout.min(next_connect.saturating_duration_since(now));
-        }
-        if poll.poll(&mut events, Some(timeout)).is_err() {
-            continue;
-        }
-        let now = Instant::now();
-        for ev in events.iter() {
-            let Some(Some(c)) = slots.get_mut(ev.token().0) else {
+            let timeout = opener
+                .wait(&plan, &slots, now)
+                .min(Duration::from_millis(10));
+            if poll.poll(&mut events, Some(timeout)).is_err() {
                 continue;
-            };
-            let mut cx = Ctx {
-                w: &w,
-                stats: &mut stats,
-                now,
-                window: idle,
-                top_up_to: 0,
-                echoes: &mut echoes,
-            };
-            match c.on_event(&mut cx) {
-                Change::Opened | Change::Failed => pending -= 1,
-                Change::None => {}
             }
-            if c.state == State::Done {
-                slots[ev.token().0] = None;
+            let now = Instant::now();
+            for ev in events.iter() {
+                let Some(Some(c)) = slots.get_mut(ev.token().0) else {
+                    continue;
+                };
+                let mut cx = Ctx {
+                    w: &w,
+                    stats: &mut stats,
+                    now,
+                    window: idle,
+                    top_up_to: 0,
+                    echoes: &mut echoes,
+                };
+                let change = c.on_event(&mut cx);
+                if c.state == State::Done {
+                    slots[ev.token().0] = None;
+                }
+                opener.changed(change, &mut stats, now, echoes);
             }
         }
+        opener.give_up(&plan, &mut slots, &mut stats);
+        plan.barrier.wait();
     }
-    // Whatever is still connecting missed the deadline; slots never started
-    // count too.
-    let unstarted = plan.conns.len() - slots.len();
-    stats.error(ErrorKind::ConnectTimeout, unstarted as u64);
-    for slot in slots.iter_mut() {
-        if slot.as_ref().is_some_and(|c| !c.is_open()) {
-            stats.error(ErrorKind::ConnectTimeout, 1);
-            *slot = None;
-        }
-    }
-
-    plan.barrier.wait();
 
     // Warm-up and measured window.
-    let t0 = Instant::now();
+    let t0 = if echo_on_open {
+        opener.start
+    } else {
+        Instant::now()
+    };
     let window = (t0 + args.warmup, t0 + args.warmup + args.duration);
     let closed_loop = plan.rate.is_none();
     let top_up_to = if closed_loop { args.in_flight } else { 0 };
@@ -254,6 +330,15 @@ pub fn run(plan: Plan) -> Stats {
             break;
         }
         let mut timeout = window.1 - now;
+        if !opener.done {
+            opener.start_due(&plan, &poll, &mut slots, &mut stats, now);
+            if now >= opener.deadline {
+                opener.give_up(&plan, &mut slots, &mut stats);
+            }
+        }
+        if !opener.done {
+            timeout = timeout.min(opener.wait(&plan, &slots, now));
+        }
         if let (Some(period), false) = (period, open.is_empty()) {
             loop {
                 let due = t0 + period.mul_f64(sent_k as f64);
@@ -310,25 +395,43 @@ pub fn run(plan: Plan) -> Stats {
                 top_up_to,
                 echoes: &mut echoes,
             };
-            c.on_event(&mut cx);
+            // Closed loop: a connection that opens here is topped up at once.
+            let change = c.on_event(&mut cx);
             if c.state == State::Done {
                 slots[ev.token().0] = None;
             }
+            opener.changed(change, &mut stats, now, echoes);
         }
         plan.progress
             .fetch_add(echoes - published, Ordering::Relaxed);
         published = echoes;
     }
 
-    // Drain: no new sends; wait for what is outstanding.
+    // Drain: no new sends; wait for what is outstanding. With
+    // --echo-on-open, connections still opening (a dropped SYN waits 1 s
+    // for its retry) get until the connect deadline, so a run shorter than
+    // the opening neither hides the open time nor counts them as failed.
     let drain_end = window.1 + args.drain;
     loop {
         let now = Instant::now();
+        if !opener.done {
+            opener.start_due(&plan, &poll, &mut slots, &mut stats, now);
+            if now >= opener.deadline {
+                opener.give_up(&plan, &mut slots, &mut stats);
+            }
+        }
         let outstanding = slots.iter().flatten().any(|c| c.outstanding() > 0);
-        if !outstanding || now >= drain_end {
+        let draining = outstanding && now < drain_end;
+        if !draining && opener.done {
             break;
         }
-        let timeout = (drain_end - now).min(Duration::from_millis(50));
+        let mut timeout = Duration::from_millis(50);
+        if draining {
+            timeout = timeout.min(drain_end - now);
+        }
+        if !opener.done {
+            timeout = timeout.min(opener.wait(&plan, &slots, now));
+        }
         if poll.poll(&mut events, Some(timeout)).is_err() {
             continue;
         }
@@ -345,10 +448,11 @@ pub fn run(plan: Plan) -> Stats {
                 top_up_to: 0,
                 echoes: &mut echoes,
             };
-            c.on_event(&mut cx);
+            let change = c.on_event(&mut cx);
             if c.state == State::Done {
                 slots[ev.token().0] = None;
             }
+            opener.changed(change, &mut stats, now, echoes);
         }
     }
     plan.progress
