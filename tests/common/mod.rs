@@ -9,6 +9,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// The server under test: this build's, or `RINGECHO_BIN` (to show that a
+/// regression test fails against an older build).
+fn binary() -> std::ffi::OsString {
+    std::env::var_os("RINGECHO_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ringecho").into())
+}
+
 pub struct Ringecho {
     child: Child,
     pub addr: SocketAddr,
@@ -18,7 +24,7 @@ impl Ringecho {
     /// Start the binary with `args` (plus `--listen 127.0.0.1:0`) and wait for
     /// its start-up line.
     pub fn start(args: &[&str]) -> Ringecho {
-        Ringecho::start_command(Command::new(env!("CARGO_BIN_EXE_ringecho")), args)
+        Ringecho::start_command(Command::new(binary()), args)
     }
 
     /// As `start`, with the process's RLIMIT_NOFILE (soft and hard) set to
@@ -26,7 +32,7 @@ impl Ringecho {
     /// on demand.
     pub fn start_with_fd_limit(args: &[&str], limit: u64) -> Ringecho {
         use std::os::unix::process::CommandExt;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringecho"));
+        let mut cmd = Command::new(binary());
         // SAFETY: the closure runs in the forked child before exec and only
         // calls setrlimit, which is async-signal-safe, on a struct on its
         // own stack; it touches no lock or allocation of the parent.
