@@ -326,6 +326,34 @@ fn echo_on_open_echoes_while_the_other_connections_are_still_opening() {
 }
 
 #[test]
+fn ringecho_opens_10000_connections_within_10_s_while_the_open_ones_echo() {
+    // A reconnect storm: every connection echoes from the moment it opens,
+    // so the shard is busy echoing while the rest are still arriving. One
+    // ring accept per scheduler turn opened fewer than half in a minute.
+    let server = ringecho();
+    let (status, r) = load(
+        &server,
+        &[
+            "--connections",
+            "10000",
+            "--threads",
+            "1",
+            "--duration",
+            "12",
+            "--warmup",
+            "0",
+            "--echo-on-open",
+        ],
+    );
+    assert!(status.success(), "{r}");
+    assert_eq!(r["connections_open"], 10000, "{r}");
+    assert_eq!(r["connections_failed"], 0, "{r}");
+    let open = r["open_secs"].as_f64().unwrap_or(f64::MAX);
+    assert!(open < 10.0, "open_secs {open}");
+    assert!(r["echoes_while_opening"].as_u64() > Some(0), "{r}");
+}
+
+#[test]
 fn nothing_listening_is_a_counted_connect_failure() {
     // Bind then drop to find a port with (almost certainly) no listener.
     let addr = std::net::TcpListener::bind("127.0.0.1:0")

@@ -16,11 +16,16 @@ use super::context::{signal, ConnCtl, ShardCtx};
 use super::stats::AllStats;
 use super::{uring, Config};
 
-/// Accepts kept in flight at once. One would be served once per turn of the
-/// runtime's scheduler, behind every connection task that is ready: a shard
-/// busy echoing would then open new connections far slower than they come
-/// (a reconnect storm after a deploy).
-const ACCEPTORS: usize = 16;
+/// Accepts kept in flight at once, so a completion is always near.
+const ACCEPTORS: usize = 4;
+
+/// Connections taken from the listen queue with plain non-blocking accepts
+/// after each ring accept completes. A ring accept yields one connection per
+/// turn of the runtime's scheduler, and a turn of a shard busy echoing for
+/// thousands of connections is tens of milliseconds: one at a time, a
+/// reconnect storm after a deploy would open connections far slower than they
+/// come. Draining the queue keeps accepting in step with it.
+const ACCEPT_BURST: usize = 256;
 
 /// Unregisters a connection when its task ends, before its socket closes:
 /// the sweep must never act on a descriptor number that was reused.
@@ -53,6 +58,18 @@ pub(crate) fn run(
             return;
         }
     };
+    // A second descriptor for the same listening socket, non-blocking, to
+    // drain the listen queue between ring accepts.
+    let backlog = match listener.try_clone().and_then(|l| {
+        l.set_nonblocking(true)?;
+        Ok(l)
+    }) {
+        Ok(l) => Rc::new(l),
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot share shard {id}'s listener: {e}")));
+            return;
+        }
+    };
     let _ = ready.send(Ok(id));
     rt.block_on(async move {
         let listen_fd = listener.as_raw_fd();
@@ -81,7 +98,9 @@ pub(crate) fn run(
         };
 
         let acceptors: Vec<_> = (0..ACCEPTORS)
-            .map(|_| tokio_uring::spawn(accept_loop(listener.clone(), ctx.clone())))
+            .map(|_| {
+                tokio_uring::spawn(accept_loop(listener.clone(), backlog.clone(), ctx.clone()))
+            })
             .collect();
         for a in acceptors {
             let _ = a.await;
@@ -92,19 +111,20 @@ pub(crate) fn run(
     });
 }
 
-async fn accept_loop(listener: Rc<TcpListener>, ctx: Rc<ShardCtx>) {
+async fn accept_loop(
+    listener: Rc<TcpListener>,
+    backlog: Rc<std::net::TcpListener>,
+    ctx: Rc<ShardCtx>,
+) {
     loop {
         let accepted = listener.accept().await;
         if ctx.shutting_down.get() {
             return;
         }
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        match accepted {
+            Ok((stream, _peer)) => admit(stream, &ctx),
             Err(e) => {
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                ) {
+                if out_of_resources(&e) {
                     // Out of descriptors or memory: keep serving the open
                     // connections and try again shortly, without spinning.
                     ctx.stats.accept_backoffs.incr();
@@ -112,29 +132,48 @@ async fn accept_loop(listener: Rc<TcpListener>, ctx: Rc<ShardCtx>) {
                 }
                 continue;
             }
-        };
-        ctx.stats.accepted.incr();
-        if ctx.conns.borrow().live >= ctx.cfg.max_connections_per_shard {
-            // Refuse at once rather than let the listen queue hide overload.
-            ctx.stats.rejected.incr();
-            drop(stream);
-            continue;
         }
-        let _ = stream.set_nodelay(true);
-        let ctl = Rc::new(ConnCtl::new(stream.as_raw_fd()));
-        let slot = ctx.conns.borrow_mut().insert(ctl.clone());
-        ctx.stats.active.incr();
-        let registered = Registered {
-            ctx: ctx.clone(),
-            slot,
-        };
-        tokio_uring::spawn(async move {
-            // Dropped after `serve` returns, before the stream it owned is
-            // closed by tokio-uring's deferred close.
-            let registered = registered;
-            conn::serve(stream, &registered.ctx, &ctl).await;
-        });
+        for _ in 0..ACCEPT_BURST {
+            match backlog.accept() {
+                Ok((stream, _peer)) => admit(tokio_uring::net::TcpStream::from_std(stream), &ctx),
+                // Empty queue, or out of resources: the ring accept in
+                // flight (and its back-off) takes it from here.
+                Err(_) => break,
+            }
+        }
     }
+}
+
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Start serving an accepted connection, or refuse it at the per-shard cap.
+fn admit(stream: tokio_uring::net::TcpStream, ctx: &Rc<ShardCtx>) {
+    ctx.stats.accepted.incr();
+    if ctx.conns.borrow().live >= ctx.cfg.max_connections_per_shard {
+        // Refuse at once rather than let the listen queue hide overload.
+        ctx.stats.rejected.incr();
+        drop(stream);
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let ctl = Rc::new(ConnCtl::new(stream.as_raw_fd()));
+    let slot = ctx.conns.borrow_mut().insert(ctl.clone());
+    ctx.stats.active.incr();
+    let registered = Registered {
+        ctx: ctx.clone(),
+        slot,
+    };
+    tokio_uring::spawn(async move {
+        // Dropped after `serve` returns, before the stream it owned is
+        // closed by tokio-uring's deferred close.
+        let registered = registered;
+        conn::serve(stream, &registered.ctx, &ctl).await;
+    });
 }
 
 /// Coarse timers for every connection of the shard: one pass per tick
