@@ -444,23 +444,16 @@ mod tests {
         let mut seen = Vec::new();
         let mut partial: Option<(OpCode, Vec<u8>)> = None;
         while !bytes.is_empty() {
-            let b0 = bytes[0];
-            let b1 = bytes[1];
-            assert_eq!(b1 & 0x80, 0, "server frames are never masked");
-            assert_eq!(b0 & 0x70, 0, "no RSV bits");
-            let (len, at) = match b1 & 0x7F {
-                126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
-                127 => (
-                    u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
-                    10,
-                ),
-                n => (n as usize, 2),
-            };
+            let h = crate::frame::parse_server_header(bytes)
+                .unwrap()
+                .expect("a whole server header");
+            assert!(!h.masked, "server frames are never masked");
+            assert_eq!(h.rsv, 0, "no RSV bits");
+            let (len, at) = (h.payload_len as usize, h.header_len);
             assert_eq!(at, server_header_len(len as u64), "minimal length encoding");
             let payload = bytes[at..at + len].to_vec();
             bytes = &bytes[at + len..];
-            let fin = b0 & 0x80 != 0;
-            match OpCode::from_u8(b0 & 0xF).unwrap() {
+            match OpCode::from_u8(h.opcode).unwrap() {
                 OpCode::Pong => seen.push(Seen::Pong(payload)),
                 OpCode::Close => seen.push(Seen::Close(
                     (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
@@ -476,7 +469,7 @@ mod tests {
                     .1
                     .extend(payload),
             }
-            if fin && matches!(b0 & 0xF, 0..=2) {
+            if h.fin && matches!(h.opcode, 0..=2) {
                 let (op, data) = partial.take().unwrap();
                 seen.push(if op == OpCode::Text {
                     assert!(
