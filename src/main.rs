@@ -57,12 +57,17 @@ OPTIONS (defaults are safe on the open internet):
                                handshakes after sending 1001 [default: 10s]
     --max-connections N        Open connections per shard; beyond it new ones are
                                accepted and closed at once [default: 100000]
-    --max-output SIZE          Unsent output per connection before the server
-                               stops reading from it (backpressure: a client
-                               that does not read cannot grow memory)
-                               [default: 256KiB]
+    --max-output SIZE          Unsent output per connection, bytes plus a charge
+                               per queued frame, before the server stops
+                               reading from it (backpressure: a client that
+                               does not read cannot grow memory, whatever the
+                               size of its frames) [default: 256KiB]
     --read-buffer SIZE         Largest read buffer per connection; buffers start
-                               at 4KiB and grow for bulk traffic [default: 64KiB]
+                               at 4KiB and grow for bulk traffic. Frames that
+                               fit it are echoed whole, as they came; larger
+                               ones are streamed as fragments. A connection
+                               holds at most about --max-output plus twice
+                               this [default: 64KiB]
     --subprotocol NAME         A subprotocol the server may select (repeatable);
                                the first one the client offers that is listed is
                                chosen. None by default.
