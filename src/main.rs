@@ -78,6 +78,10 @@ OPTIONS (defaults are safe on the open internet):
                                which stops cross-site WebSocket hijacking.
                                Clients that send no Origin (non-browsers) are
                                allowed. Default: every origin.
+    --io SHELL                 How bytes move: tokio-uring (io_uring), epoll (for
+                               machines where io_uring is blocked), or auto:
+                               tokio-uring where io_uring works, else epoll with
+                               a one-line warning saying why [default: auto]
     --ring-entries N           Submission queue entries per io_uring [default: 1024]
     --no-ring-tuning           Do not ask for COOP_TASKRUN/SINGLE_ISSUER rings
     --no-direct-send           Always write through io_uring (by default an echo
@@ -135,8 +139,9 @@ fn main() -> ExitCode {
     // Three descriptors per shard (listener, ring, eventfd) plus stdio.
     let capacity = fd_limit.saturating_sub(3 * server.shards() as u64 + 16);
     say!(
-        "ringecho listening on ws://{addr}/ with {} shard(s)",
-        server.shards()
+        "ringecho listening on ws://{addr}/ with {} shard(s) on {}",
+        server.shards(),
+        server.io().name()
     );
     say!("test page: http://{page_host}/   health: http://{page_host}/healthz");
     say!(
@@ -288,6 +293,18 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             }
             "--no-ring-tuning" => c.ring_tuning = false,
             "--no-direct-send" => c.direct_send = false,
+            "--io" => {
+                c.io = match value("--io")?.as_str() {
+                    "auto" => server::Io::Auto,
+                    "tokio-uring" => server::Io::TokioUring,
+                    "epoll" => server::Io::Epoll,
+                    other => {
+                        return Err(format!(
+                            "--io: '{other}' is not a shell (auto, tokio-uring, epoll)"
+                        ))
+                    }
+                }
+            }
             other => return Err(format!("unknown option '{other}'")),
         }
     }

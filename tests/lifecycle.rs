@@ -59,7 +59,9 @@ fn sigint_with_no_connections_exits_0_promptly() {
 /// Run ringecho with io_uring_setup failing with `errno`, the way a
 /// container's default seccomp profile or an old kernel makes it fail.
 #[cfg(target_arch = "x86_64")]
-fn run_without_io_uring(errno: i32) -> std::process::Output {
+/// The binary, with io_uring_setup failing with `errno` (a seccomp filter,
+/// as a container's default profile or `kernel.io_uring_disabled` does).
+fn without_io_uring(errno: i32) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringecho"));
     cmd.args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -113,6 +115,14 @@ fn run_without_io_uring(errno: i32) -> std::process::Output {
             Ok(())
         });
     }
+    cmd
+}
+
+/// Run with io_uring blocked and `--io tokio-uring`: it must exit, and say
+/// why.
+fn run_without_io_uring(errno: i32) -> std::process::Output {
+    let mut cmd = without_io_uring(errno);
+    cmd.args(["--io", "tokio-uring"]);
     let child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let pid = child.id();
@@ -142,6 +152,43 @@ fn io_uring_blocked_by_seccomp_or_sysctl_is_explained_not_a_panic() {
     assert!(
         !stderr.contains("panicked") && !stderr.contains("os error"),
         "{stderr}"
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn without_io_uring_the_default_serves_through_epoll_and_says_why_in_one_line() {
+    use std::io::{BufRead, BufReader};
+    let mut child = without_io_uring(libc::EPERM).spawn().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a start-up line");
+    let addr = first
+        .strip_prefix("ringecho listening on ws://")
+        .and_then(|r| r.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected start-up line: {first}"));
+    assert!(first.ends_with("on epoll"), "{first}");
+    let mut s = raw_ws(addr);
+    echo_once(&mut s, b"through epoll");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(read_close(&mut s), Some(1001));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let warnings: Vec<String> = stderr.lines().map_while(Result::ok).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("io_uring is not permitted") && warnings[0].contains("epoll"),
+        "{warnings:?}"
     );
 }
 

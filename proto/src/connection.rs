@@ -245,6 +245,12 @@ impl Connection {
         self.settle();
     }
 
+    /// Give back a buffer from [`Connection::read_buffer`] that nothing was
+    /// read into (a non-blocking read would have blocked).
+    pub fn cancel_read(&mut self, buf: BytesMut) {
+        self.rb.put_back(buf);
+    }
+
     /// Fill `batch` with up to `max` slices to write next (empty when there
     /// is nothing). Write them in order and report with
     /// [`Connection::handle_written`].

@@ -129,6 +129,12 @@ impl ReadBuffer {
         buf
     }
 
+    /// Take the buffer back unchanged: the read found nothing to read (a
+    /// non-blocking shell's would-block).
+    pub fn put_back(&mut self, buf: BytesMut) {
+        self.buf = buf;
+    }
+
     /// Take the buffer back after a read of `n` bytes, and adapt the next
     /// allocation size to how full this read was.
     pub fn restore(&mut self, buf: BytesMut, n: usize) {

@@ -21,8 +21,7 @@ use tokio_uring::net::TcpStream;
 
 use super::context::{signal, ConnCtl, ShardCtx};
 use super::http;
-use crate::protocol::connection::{Connection, Event};
-use crate::protocol::handshake::PlainRequest;
+use crate::protocol::connection::Connection;
 
 /// Slices per `writev`: well under IOV_MAX (1024), enough to batch the
 /// echoes of every frame in a 64 KiB read of small messages.
@@ -138,17 +137,9 @@ pub(crate) async fn serve(stream: TcpStream, ctx: &ShardCtx, ctl: &ConnCtl) {
                 }
             }
         }
-        if let Some(req) = conn.take_http_request() {
-            let mut response = Vec::new();
-            let req = PlainRequest {
-                method: &req.method,
-                path: &req.path,
-            };
-            http::respond(&req, &ctx.all_stats, &mut response);
-            conn.respond(response);
-        }
+        http::answer_pending(&mut conn, &ctx.all_stats);
         while let Some(event) = conn.poll_event() {
-            count(ctx, event);
+            ctx.stats.count(event);
         }
         let total = conn.echoed_bytes();
         ctx.stats.echo_bytes.add(total - echoed);
@@ -164,18 +155,6 @@ pub(crate) async fn serve(stream: TcpStream, ctx: &ShardCtx, ctl: &ConnCtl) {
         let _ = op.await;
     }
     ctx.stats.copied_bytes.add(conn.carried_bytes());
-}
-
-fn count(ctx: &ShardCtx, event: Event) {
-    let s = &ctx.stats;
-    match event {
-        Event::Upgraded => s.upgraded.incr(),
-        Event::HttpRequest => s.http_requests.incr(),
-        Event::HandshakeRejected(_) => s.handshake_errors.incr(),
-        Event::ProtocolError(_) => s.protocol_errors.incr(),
-        Event::IdleClosed => s.idle_closed.incr(),
-        Event::TimedOut => s.timed_out.incr(),
-    }
 }
 
 /// Read into the spare capacity of `buf`.

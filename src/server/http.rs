@@ -3,6 +3,20 @@
 
 use super::stats::AllStats;
 use crate::protocol::handshake::{write_response, PlainRequest};
+use crate::protocol::Connection;
+
+/// Answer the plain HTTP request `conn` is waiting on, if there is one.
+pub fn answer_pending(conn: &mut Connection, stats: &AllStats) {
+    if let Some(req) = conn.take_http_request() {
+        let mut response = Vec::new();
+        let req = PlainRequest {
+            method: &req.method,
+            path: &req.path,
+        };
+        respond(&req, stats, &mut response);
+        conn.respond(response);
+    }
+}
 
 /// The websocket.org echo test page; it connects back to the host it was
 /// loaded from.

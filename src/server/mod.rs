@@ -4,6 +4,7 @@
 
 mod conn;
 mod context;
+mod epoll;
 pub mod http;
 mod shard;
 pub mod stats;
@@ -59,9 +60,47 @@ pub struct Config {
     pub ring_tuning: bool,
     /// Try a non-blocking send before queueing a ring write.
     pub direct_send: bool,
+    /// Which I/O shell moves the bytes.
+    pub io: Io,
+}
+
+/// The I/O shells; every one drives the same connection engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Io {
+    /// tokio-uring where io_uring works, else epoll (with a warning).
+    Auto,
+    /// tokio-uring, or a clear error where io_uring is unavailable.
+    TokioUring,
+    /// A plain epoll loop: for machines where io_uring is blocked.
+    Epoll,
+}
+
+impl Io {
+    pub fn name(self) -> &'static str {
+        match self {
+            Io::Auto => "auto",
+            Io::TokioUring => "tokio-uring",
+            Io::Epoll => "epoll",
+        }
+    }
 }
 
 impl Config {
+    /// Sweep period: fine enough for the shortest timeout, never busier than
+    /// 100 times a second.
+    pub(crate) fn tick(&self) -> Duration {
+        let shortest = [
+            self.handshake_timeout,
+            self.close_timeout,
+            self.idle_timeout,
+        ]
+        .into_iter()
+        .filter(|d| !d.is_zero())
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+        (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
     /// The part of the configuration the connection engine enforces.
     pub fn engine(&self) -> crate::protocol::connection::Config {
         crate::protocol::connection::Config {
@@ -101,6 +140,7 @@ impl Default for Config {
             ring_entries: 1024,
             ring_tuning: true,
             direct_send: true,
+            io: Io::Auto,
         }
     }
 }
@@ -110,6 +150,8 @@ impl Default for Config {
 pub enum StartError {
     /// io_uring is unavailable; the message says why and what to do.
     Uring(String),
+    /// The epoll shell could not set up its poller.
+    Epoll(io::Error),
     Bind(SocketAddr, io::Error),
     Thread(io::Error),
 }
@@ -130,6 +172,7 @@ impl std::fmt::Display for StartError {
                 write!(f, "cannot listen on {addr}: {e}{hint}")
             }
             StartError::Thread(e) => write!(f, "cannot start a shard thread: {e}"),
+            StartError::Epoll(e) => write!(f, "cannot set up epoll: {e}"),
         }
     }
 }
@@ -139,7 +182,10 @@ impl std::error::Error for StartError {}
 /// A running server.
 pub struct Server {
     local_addr: SocketAddr,
+    io: Io,
     shutdown: watch::Sender<bool>,
+    /// The epoll shards' way to be told to stop.
+    stoppers: Vec<Arc<epoll::Stopper>>,
     threads: Vec<JoinHandle<()>>,
     stats: Arc<AllStats>,
 }
@@ -147,7 +193,25 @@ pub struct Server {
 impl Server {
     /// Bind every shard's listener and start the shards.
     pub fn start(config: Config) -> Result<Server, StartError> {
-        uring::probe(&config).map_err(StartError::Uring)?;
+        let io = match config.io {
+            Io::TokioUring => {
+                uring::probe(&config).map_err(StartError::Uring)?;
+                Io::TokioUring
+            }
+            Io::Epoll => Io::Epoll,
+            Io::Auto => match uring::probe(&config) {
+                Ok(()) => Io::TokioUring,
+                Err(why) => {
+                    let first = why.lines().next().unwrap_or_default();
+                    eprintln!(
+                        "ringecho: {first}; serving through epoll instead \
+                         (--io epoll chooses it, --io tokio-uring requires io_uring)"
+                    );
+                    Io::Epoll
+                }
+            },
+        };
+        let config = Config { io, ..config };
         let threads = config.threads.max(1);
         ensure_port_free(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
         let first =
@@ -176,7 +240,9 @@ impl Server {
         ));
         let mut server = Server {
             local_addr,
+            io,
             shutdown,
+            stoppers: Vec::new(),
             threads: Vec::new(),
             stats: stats.clone(),
         };
@@ -184,16 +250,33 @@ impl Server {
             let (cfg, rx, ready, stats) =
                 (config.clone(), rx.clone(), ready_tx.clone(), stats.clone());
             let cpu = cpus.get(id % cpus.len().max(1)).copied();
-            let handle = std::thread::Builder::new()
-                .name(format!("ringecho-shard-{id}"))
-                .spawn(move || {
-                    if let Some(cpu) = cpu {
-                        pin_to(cpu);
+            let builder = std::thread::Builder::new().name(format!("ringecho-shard-{id}"));
+            let pin = move || {
+                if let Some(cpu) = cpu {
+                    pin_to(cpu);
+                }
+            };
+            let handle = if io == Io::Epoll {
+                let (stopper, run) = match epoll::start(id, cfg, listener, stats) {
+                    Ok(started) => started,
+                    Err(e) => {
+                        server.stop();
+                        return Err(StartError::Epoll(e));
                     }
+                };
+                server.stoppers.push(stopper);
+                let _ = ready.send(Ok(id));
+                builder.spawn(move || {
+                    pin();
+                    run();
+                })
+            } else {
+                builder.spawn(move || {
+                    pin();
                     shard::run(id, cfg, listener, stats, rx, ready);
                 })
-                .map_err(StartError::Thread)?;
-            server.threads.push(handle);
+            };
+            server.threads.push(handle.map_err(StartError::Thread)?);
         }
         drop(ready_tx);
         for _ in 0..threads {
@@ -222,6 +305,11 @@ impl Server {
         self.threads.len()
     }
 
+    /// The I/O shell the shards run.
+    pub fn io(&self) -> Io {
+        self.io
+    }
+
     /// Counters summed over shards.
     pub fn stats(&self) -> Snapshot {
         self.stats.total()
@@ -235,6 +323,9 @@ impl Server {
     /// Begin a graceful shutdown: stop accepting, close 1001 to everyone.
     pub fn begin_shutdown(&self) {
         let _ = self.shutdown.send(true);
+        for s in &self.stoppers {
+            s.stop();
+        }
     }
 
     /// True once every shard has finished.

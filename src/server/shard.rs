@@ -210,20 +210,3 @@ async fn drain(ctx: &Rc<ShardCtx>) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
-
-impl Config {
-    /// Sweep period: fine enough for the shortest timeout, never busier than
-    /// 100 times a second.
-    fn tick(&self) -> Duration {
-        let shortest = [
-            self.handshake_timeout,
-            self.close_timeout,
-            self.idle_timeout,
-        ]
-        .into_iter()
-        .filter(|d| !d.is_zero())
-        .min()
-        .unwrap_or(Duration::from_secs(1));
-        (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
-    }
-}

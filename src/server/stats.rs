@@ -123,3 +123,18 @@ impl AllStats {
         )
     }
 }
+
+impl ShardStats {
+    /// Count something a connection's engine reported.
+    pub fn count(&self, event: crate::protocol::Event) {
+        use crate::protocol::Event;
+        match event {
+            Event::Upgraded => self.upgraded.incr(),
+            Event::HttpRequest => self.http_requests.incr(),
+            Event::HandshakeRejected(_) => self.handshake_errors.incr(),
+            Event::ProtocolError(_) => self.protocol_errors.incr(),
+            Event::IdleClosed => self.idle_closed.incr(),
+            Event::TimedOut => self.timed_out.incr(),
+        }
+    }
+}

@@ -52,6 +52,10 @@ impl Ringecho {
     }
 
     fn start_command(mut cmd: Command, args: &[&str]) -> Ringecho {
+        // The suites run against every I/O shell: RINGECHO_IO picks one.
+        if let Some(io) = std::env::var_os("RINGECHO_IO") {
+            cmd.arg("--io").arg(io);
+        }
         let mut child = cmd
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
