@@ -22,8 +22,10 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test (release: the load and size tests want an optimised server)"
 cargo test --workspace --release
-# The same socket suites again on the epoll shell (the default shell ran
+# The same socket suites again on the other shells (the default, ring, ran
 # above): every shell drives the one engine, so every rule must hold on each.
-echo "== socket suites on --io epoll"
-RINGECHO_IO=epoll cargo test --release -p ringecho \
-    --test echo --test echo_rules --test hostile --test lifecycle --test browser
+for io in tokio-uring epoll; do
+    echo "== socket suites on --io $io"
+    RINGECHO_IO=$io cargo test --release -p ringecho \
+        --test echo --test echo_rules --test hostile --test lifecycle --test browser
+done

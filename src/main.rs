@@ -78,10 +78,12 @@ OPTIONS (defaults are safe on the open internet):
                                which stops cross-site WebSocket hijacking.
                                Clients that send no Origin (non-browsers) are
                                allowed. Default: every origin.
-    --io SHELL                 How bytes move: tokio-uring (io_uring), epoll (for
-                               machines where io_uring is blocked), or auto:
-                               tokio-uring where io_uring works, else epoll with
-                               a one-line warning saying why [default: auto]
+    --io SHELL                 How bytes move: ring (a completion loop per shard
+                               on io_uring), tokio-uring (the same on the
+                               tokio-uring runtime), epoll (for machines where
+                               io_uring is blocked), or auto: ring where
+                               io_uring works, else epoll with a one-line
+                               warning saying why [default: auto]
     --ring-entries N           Submission queue entries per io_uring [default: 1024]
     --no-ring-tuning           Do not ask for COOP_TASKRUN/SINGLE_ISSUER rings
     --no-direct-send           Always write through io_uring (by default an echo
@@ -296,11 +298,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             "--io" => {
                 c.io = match value("--io")?.as_str() {
                     "auto" => server::Io::Auto,
+                    "ring" => server::Io::Ring,
                     "tokio-uring" => server::Io::TokioUring,
                     "epoll" => server::Io::Epoll,
                     other => {
                         return Err(format!(
-                            "--io: '{other}' is not a shell (auto, tokio-uring, epoll)"
+                            "--io: '{other}' is not a shell (auto, ring, tokio-uring, epoll)"
                         ))
                     }
                 }

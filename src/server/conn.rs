@@ -12,7 +12,6 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::RawFd;
 use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
@@ -21,6 +20,7 @@ use tokio_uring::net::TcpStream;
 
 use super::context::{signal, ConnCtl, ShardCtx};
 use super::http;
+use super::socket::send_now;
 use crate::protocol::connection::Connection;
 
 /// Slices per `writev`: well under IOV_MAX (1024), enough to batch the
@@ -162,31 +162,4 @@ async fn read(stream: &TcpStream, buf: BytesMut) -> (io::Result<usize>, BytesMut
     let len = buf.len();
     let (res, slice) = stream.read(buf.slice(len..)).await;
     (res, slice.into_inner())
-}
-
-/// Send `batch` without blocking, as far as the socket buffer takes it;
-/// returns the bytes sent (0 when it would block or failed: the io_uring
-/// write that follows reports a real error).
-fn send_now(fd: RawFd, batch: &[Bytes]) -> usize {
-    const MAX: usize = 64;
-    let mut iov = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; MAX];
-    let n = batch.len().min(MAX);
-    for (v, b) in iov.iter_mut().zip(batch) {
-        v.iov_base = b.as_ptr() as *mut libc::c_void;
-        v.iov_len = b.len();
-    }
-    // SAFETY: the first `n` iovecs point into `batch`'s slices, which stay
-    // alive and unmodified for the call; sendmsg only reads them. msghdr is
-    // plain data, valid zeroed (no name, no control data). `fd` is this
-    // connection's open socket.
-    let sent = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = n;
-        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-    };
-    usize::try_from(sent).unwrap_or(0)
 }

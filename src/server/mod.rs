@@ -6,7 +6,9 @@ mod conn;
 mod context;
 mod epoll;
 pub mod http;
+mod ring;
 mod shard;
+mod socket;
 pub mod stats;
 pub mod uring;
 
@@ -67,8 +69,10 @@ pub struct Config {
 /// The I/O shells; every one drives the same connection engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Io {
-    /// tokio-uring where io_uring works, else epoll (with a warning).
+    /// The ring shell where io_uring works, else epoll (with a warning).
     Auto,
+    /// A completion loop on the `io-uring` crate, one per shard.
+    Ring,
     /// tokio-uring, or a clear error where io_uring is unavailable.
     TokioUring,
     /// A plain epoll loop: for machines where io_uring is blocked.
@@ -79,6 +83,7 @@ impl Io {
     pub fn name(self) -> &'static str {
         match self {
             Io::Auto => "auto",
+            Io::Ring => "ring",
             Io::TokioUring => "tokio-uring",
             Io::Epoll => "epoll",
         }
@@ -179,13 +184,18 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+enum Stopper {
+    Epoll(Arc<epoll::Stopper>),
+    Ring(Arc<ring::Stopper>),
+}
+
 /// A running server.
 pub struct Server {
     local_addr: SocketAddr,
     io: Io,
     shutdown: watch::Sender<bool>,
-    /// The epoll shards' way to be told to stop.
-    stoppers: Vec<Arc<epoll::Stopper>>,
+    /// The epoll and ring shards' way to be told to stop.
+    stoppers: Vec<Stopper>,
     threads: Vec<JoinHandle<()>>,
     stats: Arc<AllStats>,
 }
@@ -194,18 +204,18 @@ impl Server {
     /// Bind every shard's listener and start the shards.
     pub fn start(config: Config) -> Result<Server, StartError> {
         let io = match config.io {
-            Io::TokioUring => {
+            io @ (Io::Ring | Io::TokioUring) => {
                 uring::probe(&config).map_err(StartError::Uring)?;
-                Io::TokioUring
+                io
             }
             Io::Epoll => Io::Epoll,
             Io::Auto => match uring::probe(&config) {
-                Ok(()) => Io::TokioUring,
+                Ok(()) => Io::Ring,
                 Err(why) => {
                     let first = why.lines().next().unwrap_or_default();
                     eprintln!(
                         "ringecho: {first}; serving through epoll instead \
-                         (--io epoll chooses it, --io tokio-uring requires io_uring)"
+                         (--io epoll chooses it, --io ring requires io_uring)"
                     );
                     Io::Epoll
                 }
@@ -264,11 +274,24 @@ impl Server {
                         return Err(StartError::Epoll(e));
                     }
                 };
-                server.stoppers.push(stopper);
+                server.stoppers.push(Stopper::Epoll(stopper));
                 let _ = ready.send(Ok(id));
                 builder.spawn(move || {
                     pin();
                     run();
+                })
+            } else if io == Io::Ring {
+                let (stopper, body) = match ring::start(id, cfg, listener, stats) {
+                    Ok(started) => started,
+                    Err(e) => {
+                        server.stop();
+                        return Err(StartError::Uring(uring::explain(&e)));
+                    }
+                };
+                server.stoppers.push(Stopper::Ring(stopper));
+                builder.spawn(move || {
+                    pin();
+                    body(ready);
                 })
             } else {
                 builder.spawn(move || {
@@ -324,7 +347,10 @@ impl Server {
     pub fn begin_shutdown(&self) {
         let _ = self.shutdown.send(true);
         for s in &self.stoppers {
-            s.stop();
+            match s {
+                Stopper::Epoll(s) => s.stop(),
+                Stopper::Ring(s) => s.stop(),
+            }
         }
     }
 

@@ -1,0 +1,586 @@
+//! The ring shell: one io_uring completion loop per shard, on the
+//! `io-uring` crate, with no futures, tasks or wakers on the data path.
+//!
+//! Each turn of the loop makes one `io_uring_enter` that both submits what
+//! the last turn queued and waits for completions (or the next sweep). Each
+//! completion is matched to its connection by `user_data` (a slab index and
+//! the operation), handed to the connection engine, and the engine's wishes
+//! become the next submissions: a receive into the engine's read buffer, a
+//! `writev` of the slices it wants sent. The engine decides everything else.
+//!
+//! Every buffer the kernel reads or writes lives in the connection's slot
+//! until its completion arrives, and a slot is freed only when nothing is in
+//! flight on it: that is what makes each submission below sound.
+
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::stats::{AllStats, ShardStats};
+use super::{http, socket::send_now, Config};
+use crate::protocol::Connection;
+
+/// Slices per `writev`.
+const MAX_IOV: usize = 256;
+/// A batch vector that grew past this for a burst is given back.
+const KEEP_IOV: usize = 16;
+
+// What a completion is for: the low bits of its user_data.
+const OP_RECV: u64 = 0;
+const OP_SEND: u64 = 1;
+const OP_ACCEPT: u64 = 2;
+const OP_WAKE: u64 = 3;
+/// A cancellation's own completion: nothing to do.
+const OP_CANCEL: u64 = 4;
+const OP_BITS: u32 = 3;
+
+/// How the server stops a ring shard: a write to its eventfd, on which the
+/// shard keeps a read in flight.
+pub(crate) struct Stopper {
+    stop: AtomicBool,
+    eventfd: std::fs::File,
+}
+
+impl Stopper {
+    pub fn stop(&self) {
+        use std::io::Write;
+        self.stop.store(true, Ordering::Release);
+        let _ = (&self.eventfd).write_all(&1u64.to_ne_bytes());
+    }
+}
+
+struct Outgoing {
+    batch: Vec<Bytes>,
+    iov: Vec<libc::iovec>,
+}
+
+struct Slot {
+    stream: TcpStream,
+    conn: Connection,
+    /// The buffer a receive in flight writes into.
+    recv: Option<BytesMut>,
+    /// The slices and iovecs a writev in flight reads.
+    send: Option<Outgoing>,
+    /// Reused between writes.
+    spare: Outgoing,
+    /// The socket is shut down; the slot goes once nothing is in flight.
+    closing: bool,
+    echoed: u64,
+}
+
+struct Shard {
+    id: usize,
+    cfg: Arc<Config>,
+    engine: Arc<crate::protocol::connection::Config>,
+    stats: Arc<ShardStats>,
+    all_stats: Arc<AllStats>,
+    ring: IoUring,
+    listen_fd: RawFd,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    live: usize,
+    accept_armed: bool,
+    accept_multishot: bool,
+    accept_paused_until: Option<Instant>,
+    accepting: bool,
+    stopper: Arc<Stopper>,
+    /// The eventfd read's target; boxed so its address is stable.
+    wake_buf: Box<[u8; 8]>,
+    wake_armed: bool,
+}
+
+/// Build a ring with the flags that fit one thread per ring: completions
+/// run only when this thread enters the kernel to wait for them
+/// (DEFER_TASKRUN), and the kernel skips locking for a single submitter
+/// (SINGLE_ISSUER). Kernels that refuse them get COOP_TASKRUN, then a plain
+/// ring.
+fn build_ring(cfg: &Config) -> io::Result<IoUring> {
+    let entries = cfg.ring_entries;
+    if cfg.ring_tuning {
+        let deferred = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(entries);
+        if deferred.is_ok() {
+            return deferred;
+        }
+        let coop = IoUring::builder()
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .build(entries);
+        if coop.is_ok() {
+            return coop;
+        }
+    }
+    IoUring::builder().build(entries)
+}
+
+/// Set up shard `id`: the stopper for the server, and the shard's body for
+/// its thread. The ring is built in the body, on the thread that will submit
+/// to it (a single-issuer ring belongs to that thread); `ready` hears
+/// whether that worked.
+pub(crate) fn start(
+    id: usize,
+    cfg: Arc<Config>,
+    listener: std::net::TcpListener,
+    all_stats: Arc<AllStats>,
+) -> io::Result<(Arc<Stopper>, impl FnOnce(Ready) + Send)> {
+    // SAFETY: eventfd takes no pointers; a non-negative result is a new
+    // descriptor that nothing else owns, so File may own and close it.
+    let eventfd = unsafe {
+        let fd = libc::eventfd(0, libc::EFD_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        std::fs::File::from_raw_fd(fd)
+    };
+    let stopper = Arc::new(Stopper {
+        stop: AtomicBool::new(false),
+        eventfd,
+    });
+    let stop = stopper.clone();
+    let body = move |ready: Ready| {
+        let ring = match build_ring(&cfg) {
+            Ok(ring) => ring,
+            Err(e) => {
+                let _ = ready.send(Err(super::uring::explain(&e)));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(id));
+        let mut shard = Shard {
+            id,
+            engine: Arc::new(cfg.engine()),
+            stats: all_stats.0.get(id).cloned().unwrap_or_default(),
+            all_stats,
+            cfg,
+            ring,
+            listen_fd: listener.as_raw_fd(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            accept_armed: false,
+            accept_multishot: true,
+            accept_paused_until: None,
+            accepting: true,
+            stopper: stop,
+            wake_buf: Box::new([0; 8]),
+            wake_armed: false,
+        };
+        shard.run();
+        // The listener stays open until the loop is over.
+        drop(listener);
+    };
+    Ok((stopper, body))
+}
+
+/// Where a shard reports whether it started.
+pub(crate) type Ready = std::sync::mpsc::Sender<Result<usize, String>>;
+
+fn user_data(slot: usize, op: u64) -> u64 {
+    ((slot as u64) << OP_BITS) | op
+}
+
+impl Shard {
+    fn run(&mut self) {
+        let tick = self.cfg.tick();
+        let mut next_sweep = Instant::now() + tick;
+        let mut drain_deadline: Option<Instant> = None;
+        let mut cut_deadline: Option<Instant> = None;
+        let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            if self.accepting
+                && !self.accept_armed
+                && self.accept_paused_until.is_none_or(|t| now >= t)
+            {
+                self.accept_paused_until = None;
+                self.arm_accept();
+            }
+            if !self.wake_armed && drain_deadline.is_none() {
+                self.arm_wake();
+            }
+            let mut wait = next_sweep.saturating_duration_since(now);
+            if let Some(t) = self.accept_paused_until {
+                wait = wait.min(t.saturating_duration_since(now));
+            }
+            let ts = types::Timespec::new()
+                .sec(wait.as_secs())
+                .nsec(wait.subsec_nanos());
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                    ) => {}
+                Err(e) => {
+                    eprintln!("ringecho: shard {}: io_uring_enter failed: {e}", self.id);
+                    return;
+                }
+            }
+            let now = Instant::now();
+            completions.clear();
+            completions.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            for &(ud, res, flags) in &completions {
+                self.complete(ud, res, flags, now);
+            }
+            if drain_deadline.is_none() && self.stopper.stop.load(Ordering::Acquire) {
+                drain_deadline = Some(now + self.cfg.drain_timeout);
+                self.begin_shutdown(now);
+            }
+            if now >= next_sweep {
+                next_sweep = now + tick;
+                self.sweep(now);
+            }
+            if let Some(deadline) = drain_deadline {
+                if self.live == 0 {
+                    return self.finish();
+                }
+                if now >= deadline && cut_deadline.is_none() {
+                    // Cut what is left; its completions arrive at once.
+                    for i in 0..self.slots.len() {
+                        if let Some(s) = self.slots[i].as_mut() {
+                            if !s.closing {
+                                self.stats.timed_out.incr();
+                            }
+                        }
+                        self.close(i);
+                    }
+                    cut_deadline = Some(now + Duration::from_secs(2));
+                }
+                if cut_deadline.is_some_and(|t| now >= t) {
+                    return self.finish();
+                }
+            }
+        }
+    }
+
+    /// Push `entry`; a full submission queue is submitted first.
+    ///
+    /// # Safety
+    /// Every buffer `entry` points to must stay valid, and unmoved, until its
+    /// completion has been reaped.
+    unsafe fn push(&mut self, entry: squeue::Entry) {
+        for _ in 0..64 {
+            // SAFETY: the caller's promise, passed on.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            let _ = self.ring.submit();
+        }
+        // The kernel does not drain the queue: something is badly wrong,
+        // and pushing on would spin. Leave the op unsubmitted; the engine's
+        // timers end the connection.
+        eprintln!("ringecho: shard {}: submission queue stuck", self.id);
+    }
+
+    fn arm_accept(&mut self) {
+        let fd = types::Fd(self.listen_fd);
+        let entry = if self.accept_multishot {
+            opcode::AcceptMulti::new(fd)
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        } else {
+            opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        };
+        // SAFETY: accept is given no address buffers.
+        unsafe { self.push(entry.user_data(user_data(0, OP_ACCEPT))) };
+        self.accept_armed = true;
+    }
+
+    fn arm_wake(&mut self) {
+        let buf = self.wake_buf.as_mut_ptr();
+        let entry = opcode::Read::new(types::Fd(self.stopper.eventfd.as_raw_fd()), buf, 8)
+            .build()
+            .user_data(user_data(0, OP_WAKE));
+        // SAFETY: `wake_buf` is boxed in the shard, which outlives the ring's
+        // use (`finish` waits for in-flight ops or leaks their buffers).
+        unsafe { self.push(entry) };
+        self.wake_armed = true;
+    }
+
+    fn complete(&mut self, ud: u64, res: i32, flags: u32, now: Instant) {
+        let slot = (ud >> OP_BITS) as usize;
+        match ud & ((1 << OP_BITS) - 1) {
+            OP_ACCEPT => self.accepted(res, flags, now),
+            OP_WAKE => self.wake_armed = false,
+            OP_RECV => {
+                let Some(Some(s)) = self.slots.get_mut(slot) else {
+                    return;
+                };
+                let Some(mut buf) = s.recv.take() else {
+                    return;
+                };
+                let n = usize::try_from(res).unwrap_or(0);
+                // SAFETY: the kernel wrote `n` bytes into the spare capacity
+                // the receive was given, which was at least `n` long.
+                unsafe { buf.set_len(buf.len() + n.min(buf.capacity() - buf.len())) };
+                if s.closing {
+                    drop(buf);
+                } else {
+                    self.stats.bytes_in.add(n as u64);
+                    s.conn.handle_read(buf, n, now);
+                    http::answer_pending(&mut s.conn, &self.all_stats);
+                }
+                self.drive(slot, now);
+            }
+            OP_SEND => {
+                let Some(Some(s)) = self.slots.get_mut(slot) else {
+                    return;
+                };
+                let Some(mut send) = s.send.take() else {
+                    return;
+                };
+                if !s.closing {
+                    match usize::try_from(res) {
+                        Ok(n) => {
+                            self.stats.bytes_out.add(n as u64);
+                            s.conn.handle_written(n, now);
+                        }
+                        Err(_) => s.conn.handle_write_error(),
+                    }
+                }
+                send.batch.clear();
+                send.iov.clear();
+                if send.batch.capacity() > KEEP_IOV {
+                    send.batch.shrink_to(KEEP_IOV);
+                    send.iov.shrink_to(KEEP_IOV);
+                }
+                s.spare = send;
+                self.drive(slot, now);
+            }
+            _ => {}
+        }
+    }
+
+    fn accepted(&mut self, res: i32, flags: u32, now: Instant) {
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+        }
+        if res < 0 {
+            match -res {
+                libc::EINVAL if self.accept_multishot => {
+                    // A kernel before 5.19: one accept per submission.
+                    self.accept_multishot = false;
+                }
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
+                    // Out of descriptors or memory: keep serving the open
+                    // connections and try again shortly, without spinning.
+                    self.stats.accept_backoffs.incr();
+                    self.accept_paused_until = Some(now + Duration::from_millis(100));
+                    if self.accept_armed {
+                        self.cancel_accept();
+                    }
+                }
+                _ => {}
+            }
+            return;
+        }
+        // SAFETY: a successful accept's result is a new descriptor that
+        // nothing else owns.
+        let stream = unsafe { TcpStream::from_raw_fd(res) };
+        self.stats.accepted.incr();
+        if !self.accepting || self.live >= self.cfg.max_connections_per_shard {
+            // Refuse at once rather than let the listen queue hide overload.
+            self.stats.rejected.incr();
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        self.slots[slot] = Some(Slot {
+            stream,
+            conn: Connection::new(self.engine.clone(), now),
+            recv: None,
+            send: None,
+            spare: Outgoing {
+                batch: Vec::new(),
+                iov: Vec::new(),
+            },
+            closing: false,
+            echoed: 0,
+        });
+        self.live += 1;
+        self.stats.active.incr();
+        self.drive(slot, now);
+    }
+
+    fn cancel_accept(&mut self) {
+        let entry = opcode::AsyncCancel::new(user_data(0, OP_ACCEPT))
+            .build()
+            .user_data(user_data(0, OP_CANCEL));
+        // SAFETY: a cancel points to no buffer.
+        unsafe { self.push(entry) };
+    }
+
+    /// Turn what the engine of `slot` wants into submissions, and free the
+    /// slot once it is over and nothing is in flight.
+    fn drive(&mut self, i: usize, now: Instant) {
+        let direct = self.cfg.direct_send;
+        let Some(Some(s)) = self.slots.get_mut(i) else {
+            return;
+        };
+        let mut push: [Option<squeue::Entry>; 2] = [None, None];
+        if !s.closing {
+            if s.send.is_none() {
+                let mut send = std::mem::replace(
+                    &mut s.spare,
+                    Outgoing {
+                        batch: Vec::new(),
+                        iov: Vec::new(),
+                    },
+                );
+                s.conn.poll_transmit(&mut send.batch, MAX_IOV);
+                // Most echoes fit the socket buffer at once: send them now
+                // and skip a ring op and its completion.
+                if direct && !send.batch.is_empty() {
+                    let sent = send_now(s.stream.as_raw_fd(), &send.batch);
+                    if sent > 0 {
+                        self.stats.bytes_out.add(sent as u64);
+                        s.conn.handle_written(sent, now);
+                        s.conn.poll_transmit(&mut send.batch, MAX_IOV);
+                    }
+                }
+                if send.batch.is_empty() {
+                    s.spare = send;
+                } else {
+                    send.iov.clear();
+                    send.iov.extend(send.batch.iter().map(|b| libc::iovec {
+                        iov_base: b.as_ptr() as *mut libc::c_void,
+                        iov_len: b.len(),
+                    }));
+                    push[0] = Some(
+                        opcode::Writev::new(
+                            types::Fd(s.stream.as_raw_fd()),
+                            send.iov.as_ptr(),
+                            send.iov.len() as u32,
+                        )
+                        .build()
+                        .user_data(user_data(i, OP_SEND)),
+                    );
+                    s.send = Some(send);
+                }
+            }
+            if s.conn.poll_shutdown_write() {
+                let _ = s.stream.shutdown(std::net::Shutdown::Write);
+            }
+            if !s.conn.is_done() && s.recv.is_none() && s.conn.wants_read() {
+                let mut buf = s.conn.read_buffer();
+                let spare = buf.spare_capacity_mut();
+                push[1] = Some(
+                    opcode::Recv::new(
+                        types::Fd(s.stream.as_raw_fd()),
+                        spare.as_mut_ptr().cast(),
+                        spare.len().min(u32::MAX as usize) as u32,
+                    )
+                    .build()
+                    .user_data(user_data(i, OP_RECV)),
+                );
+                s.recv = Some(buf);
+            }
+            let total = s.conn.echoed_bytes();
+            self.stats.echo_bytes.add(total - s.echoed);
+            s.echoed = total;
+            while let Some(event) = s.conn.poll_event() {
+                self.stats.count(event);
+            }
+        }
+        let (done, closing) = (s.conn.is_done(), s.closing);
+        for entry in push.into_iter().flatten() {
+            // SAFETY: a writev's iovecs and the slices they point to live in
+            // `s.send`, and a receive's buffer in `s.recv`; both are heap
+            // allocations that stay in the slot, unmoved, until the
+            // completion takes them out, and the slot is not freed while
+            // either is in flight.
+            unsafe { self.push(entry) };
+        }
+        if done || closing {
+            self.close(i);
+        }
+    }
+
+    /// End connection `i`: shut its socket down, which completes whatever is
+    /// in flight, and free the slot once nothing is.
+    fn close(&mut self, i: usize) {
+        let Some(Some(s)) = self.slots.get_mut(i) else {
+            return;
+        };
+        if !s.closing {
+            s.closing = true;
+            let _ = s.stream.shutdown(std::net::Shutdown::Both);
+        }
+        if s.recv.is_none() && s.send.is_none() {
+            if let Some(s) = self.slots[i].take() {
+                self.stats.copied_bytes.add(s.conn.carried_bytes());
+                self.live -= 1;
+                self.stats.active.sub(1);
+                self.free.push(i);
+            }
+        }
+    }
+
+    /// Let every connection whose engine deadline has passed act on it.
+    fn sweep(&mut self, now: Instant) {
+        for i in 0..self.slots.len() {
+            let Some(Some(s)) = self.slots.get_mut(i) else {
+                continue;
+            };
+            if s.closing {
+                continue;
+            }
+            if s.conn.poll_timeout().is_some_and(|d| d <= now) {
+                s.conn.handle_timeout(now);
+                self.drive(i, now);
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, now: Instant) {
+        self.accepting = false;
+        // Stop listening: the accept in flight ends, and new connections to
+        // this shard are refused.
+        // SAFETY: shutdown(2) takes no pointers; the listener is open until
+        // the shard's body returns.
+        unsafe { libc::shutdown(self.listen_fd, libc::SHUT_RDWR) };
+        for i in 0..self.slots.len() {
+            if let Some(Some(s)) = self.slots.get_mut(i) {
+                if !s.closing {
+                    s.conn.shutdown(now);
+                    self.drive(i, now);
+                }
+            }
+        }
+    }
+
+    /// Before the ring goes: anything still in flight may yet be written
+    /// by the kernel, so its buffer is leaked rather than freed.
+    fn finish(&mut self) {
+        for s in self.slots.iter_mut().flatten() {
+            if let Some(buf) = s.recv.take() {
+                std::mem::forget(buf);
+            }
+            if let Some(send) = s.send.take() {
+                std::mem::forget(send);
+            }
+        }
+        if self.wake_armed {
+            std::mem::forget(std::mem::take(&mut self.wake_buf));
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Plain socket calls the io_uring shells share.
+
+use std::os::fd::RawFd;
+
+use bytes::Bytes;
+
+/// Send `batch` without blocking, as far as the socket buffer takes it;
+/// returns the bytes sent (0 when it would block or failed: the io_uring
+/// write that follows reports a real error).
+pub(crate) fn send_now(fd: RawFd, batch: &[Bytes]) -> usize {
+    const MAX: usize = 64;
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX];
+    let n = batch.len().min(MAX);
+    for (v, b) in iov.iter_mut().zip(batch) {
+        v.iov_base = b.as_ptr() as *mut libc::c_void;
+        v.iov_len = b.len();
+    }
+    // SAFETY: the first `n` iovecs point into `batch`'s slices, which stay
+    // alive and unmodified for the call; sendmsg only reads them. msghdr is
+    // plain data, valid zeroed (no name, no control data). `fd` is this
+    // connection's open socket.
+    let sent = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = n;
+        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    usize::try_from(sent).unwrap_or(0)
+}
