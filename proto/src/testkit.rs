@@ -14,7 +14,7 @@ pub fn echo_all(
     input: &mut [u8],
     out: &mut Vec<u8>,
 ) -> Result<usize, Error> {
-    echo_all_from(session, input, 0, out).map(|(next, _closed)| next)
+    echo_all_from(session, input, 0, out, &mut Vec::new()).map(|(next, _closed)| next)
 }
 
 /// Feeds a session the way the server shell does: bytes arrive in arbitrary
@@ -30,6 +30,10 @@ pub struct StreamHarness {
     pub out: Vec<u8>,
     pub error: Option<Error>,
     pub closed: bool,
+    /// Pieces of a frame echoed whole, sent once its last piece is in, as
+    /// the engine's output queue holds them: a stream that ends or fails
+    /// mid-frame leaves none of that frame on the wire.
+    held: Vec<u8>,
 }
 
 impl StreamHarness {
@@ -41,6 +45,7 @@ impl StreamHarness {
             out: Vec::new(),
             error: None,
             closed: false,
+            held: Vec::new(),
         }
     }
 
@@ -58,7 +63,13 @@ impl StreamHarness {
             }
         }
         self.buf.extend_from_slice(piece);
-        match echo_all_from(&mut self.session, &mut self.buf, self.pos, &mut self.out) {
+        match echo_all_from(
+            &mut self.session,
+            &mut self.buf,
+            self.pos,
+            &mut self.out,
+            &mut self.held,
+        ) {
             Ok((next, closed)) => {
                 self.closed = closed;
                 // Keep only unconsumed bytes (a partial header or control frame).
@@ -67,6 +78,7 @@ impl StreamHarness {
                 Ok(())
             }
             Err(e) => {
+                self.held.clear();
                 if let Some(close) = self.session.fail(e) {
                     self.out.extend_from_slice(close.as_bytes());
                 }
@@ -82,6 +94,7 @@ fn echo_all_from(
     input: &mut [u8],
     mut pos: usize,
     out: &mut Vec<u8>,
+    held: &mut Vec<u8>,
 ) -> Result<(usize, bool), Error> {
     let mut closed = false;
     loop {
@@ -89,10 +102,14 @@ fn echo_all_from(
         match event {
             Event::NeedMore => return Ok((next, closed)),
             Event::Nothing => {}
+            Event::Echo { frame } => out.extend_from_slice(&input[frame]),
             // A whole-echoed frame's pieces are contiguous on the wire: no
             // control frame can come between them (only its payload can).
-            Event::Echo { frame } | Event::EchoPart { frame, .. } => {
-                out.extend_from_slice(&input[frame])
+            Event::EchoPart { frame, last } => {
+                held.extend_from_slice(&input[frame]);
+                if last {
+                    out.append(held);
+                }
             }
             Event::EchoDetached {
                 header,
