@@ -56,6 +56,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: &ShardCtx, ctl: &ConnCtl) {
             // would not take goes through io_uring.
             if !batch.is_empty() && ctx.cfg.direct_send {
                 let sent = send_now(ctl.fd, &batch);
+                ctx.stats.direct_sends.incr();
                 if sent > 0 {
                     ctx.stats.bytes_out.add(sent as u64);
                     conn.handle_written(sent, ctx.now());

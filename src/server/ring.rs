@@ -214,6 +214,7 @@ impl Shard {
                 .sec(wait.as_secs())
                 .nsec(wait.subsec_nanos());
             let args = types::SubmitArgs::new().timespec(&ts);
+            self.stats.ring_enters.incr();
             match self.ring.submitter().submit_with_args(1, &args) {
                 Ok(_) => {}
                 Err(e)
@@ -278,6 +279,7 @@ impl Shard {
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
+            self.stats.ring_enters.incr();
             let _ = self.ring.submit();
         }
         // The kernel does not drain the queue: something is badly wrong,
@@ -451,6 +453,7 @@ impl Shard {
                 // and skip a ring op and its completion.
                 if direct && !send.batch.is_empty() {
                     let sent = send_now(s.stream.as_raw_fd(), &send.batch);
+                    self.stats.direct_sends.incr();
                     if sent > 0 {
                         self.stats.bytes_out.add(sent as u64);
                         s.conn.handle_written(sent, now);

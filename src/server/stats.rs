@@ -99,6 +99,11 @@ stats! {
     /// partial control frames) carried into a new read allocation. Data
     /// payload is never copied, so this stays tiny.
     copied_bytes,
+    /// io_uring_enter calls made by the ring shell's loop (each submits and
+    /// waits): with `direct_sends`, the system calls on the data path.
+    ring_enters,
+    /// Echoes sent with a non-blocking sendmsg before any ring write.
+    direct_sends,
 }
 
 /// Every shard's counters, shared by all shards so any of them can report.
