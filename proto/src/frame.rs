@@ -86,27 +86,10 @@ pub fn parse_client_header(buf: &[u8], allowed_rsv: u8) -> Result<Option<FrameHe
     if opcode.is_control() && usize::from(len7) > MAX_CONTROL_PAYLOAD {
         return Err(Error::ControlFrameTooLong);
     }
-    let (payload_len, key_at) = match len7 {
-        126 => {
-            let Some(ext) = buf.get(2..4) else {
-                return Ok(None);
-            };
-            (u64::from(u16::from_be_bytes([ext[0], ext[1]])), 4)
-        }
-        127 => {
-            let Some(ext) = buf.get(2..10) else {
-                return Ok(None);
-            };
-            let mut b = [0u8; 8];
-            b.copy_from_slice(ext);
-            let len = u64::from_be_bytes(b);
-            // §5.2: "the most significant bit MUST be 0".
-            if len >> 63 != 0 {
-                return Err(Error::LengthOverflow);
-            }
-            (len, 10)
-        }
-        n => (u64::from(n), 2),
+    let (payload_len, key_at) = match payload_len(buf, len7) {
+        Ok(Some(len)) => len,
+        Ok(None) => return Ok(None),
+        Err(TopBitSet) => return Err(Error::LengthOverflow),
     };
     let Some(k) = buf.get(key_at..key_at + 4) else {
         return Ok(None);
@@ -154,7 +137,35 @@ pub fn parse_server_header(buf: &[u8]) -> Result<Option<ServerFrameHeader>, Serv
     let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
         return Ok(None);
     };
-    let (payload_len, len_end) = match b1 & 0x7F {
+    let (payload_len, len_end) = match payload_len(buf, b1 & 0x7F) {
+        Ok(Some(len)) => len,
+        Ok(None) => return Ok(None),
+        Err(TopBitSet) => return Err(ServerHeaderError::LengthOverflow),
+    };
+    let masked = b1 & 0x80 != 0;
+    let header_len = len_end + if masked { 4 } else { 0 };
+    if buf.len() < header_len {
+        return Ok(None);
+    }
+    Ok(Some(ServerFrameHeader {
+        fin: b0 & 0x80 != 0,
+        rsv: b0 & 0x70,
+        opcode: b0 & 0x0F,
+        masked,
+        payload_len,
+        header_len,
+    }))
+}
+
+/// A 64-bit payload length with its most significant bit set (§5.2: "the
+/// most significant bit MUST be 0").
+struct TopBitSet;
+
+/// The payload length a header's second byte (`len7`, its low 7 bits) and
+/// the extended length after it give, and the offset where the length ends
+/// (§5.2). `Ok(None)` while its bytes have not all arrived.
+fn payload_len(buf: &[u8], len7: u8) -> Result<Option<(u64, usize)>, TopBitSet> {
+    Ok(Some(match len7 {
         126 => {
             let Some(ext) = buf.get(2..4) else {
                 return Ok(None);
@@ -169,24 +180,11 @@ pub fn parse_server_header(buf: &[u8]) -> Result<Option<ServerFrameHeader>, Serv
             b.copy_from_slice(ext);
             let len = u64::from_be_bytes(b);
             if len >> 63 != 0 {
-                return Err(ServerHeaderError::LengthOverflow);
+                return Err(TopBitSet);
             }
             (len, 10)
         }
         n => (u64::from(n), 2),
-    };
-    let masked = b1 & 0x80 != 0;
-    let header_len = len_end + if masked { 4 } else { 0 };
-    if buf.len() < header_len {
-        return Ok(None);
-    }
-    Ok(Some(ServerFrameHeader {
-        fin: b0 & 0x80 != 0,
-        rsv: b0 & 0x70,
-        opcode: b0 & 0x0F,
-        masked,
-        payload_len,
-        header_len,
     }))
 }
 
