@@ -241,21 +241,24 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             "--threads" => c.threads = count("--threads", &value("--threads")?, 1, 1024)?,
             "--pin" => c.pin = true,
             "--max-message-size" => {
-                c.max_message_size = size("--max-message-size", &value("--max-message-size")?)?
+                c.engine.max_message_size =
+                    size("--max-message-size", &value("--max-message-size")?)?
             }
             "--max-header-bytes" => {
-                c.max_header_bytes = size("--max-header-bytes", &value("--max-header-bytes")?)?
-                    .clamp(256, 1 << 20) as usize
+                c.engine.max_header_bytes =
+                    size("--max-header-bytes", &value("--max-header-bytes")?)?.clamp(256, 1 << 20)
+                        as usize
             }
             "--handshake-timeout" => {
-                c.handshake_timeout =
+                c.engine.handshake_timeout =
                     duration("--handshake-timeout", &value("--handshake-timeout")?, false)?
             }
             "--idle-timeout" => {
-                c.idle_timeout = duration("--idle-timeout", &value("--idle-timeout")?, true)?
+                c.engine.idle_timeout = duration("--idle-timeout", &value("--idle-timeout")?, true)?
             }
             "--close-timeout" => {
-                c.close_timeout = duration("--close-timeout", &value("--close-timeout")?, false)?
+                c.engine.close_timeout =
+                    duration("--close-timeout", &value("--close-timeout")?, false)?
             }
             "--drain-timeout" => {
                 c.drain_timeout = duration("--drain-timeout", &value("--drain-timeout")?, true)?
@@ -269,13 +272,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
                 )?
             }
             "--max-output" => {
-                c.max_output_bytes = size("--max-output", &value("--max-output")?)?.max(1) as usize
+                c.engine.max_output_bytes =
+                    size("--max-output", &value("--max-output")?)?.max(1) as usize
             }
             "--read-buffer" => {
                 let max =
                     size("--read-buffer", &value("--read-buffer")?)?.clamp(1024, 16 << 20) as usize;
-                c.read_sizing.max = max;
-                c.read_sizing.min = c.read_sizing.min.min(max);
+                c.engine.read_sizing.max = max;
+                c.engine.read_sizing.min = c.engine.read_sizing.min.min(max);
             }
             "--subprotocol" => {
                 let v = value("--subprotocol")?;
@@ -288,7 +292,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
                 }
                 subprotocols.push(v);
             }
-            "--allowed-origin" => c.allowed_origins.push(value("--allowed-origin")?),
+            "--allowed-origin" => c.engine.allowed_origins.push(value("--allowed-origin")?),
             "--ring-entries" => {
                 c.ring_entries =
                     count("--ring-entries", &value("--ring-entries")?, 8, 32768)? as u32
@@ -311,7 +315,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             other => return Err(format!("unknown option '{other}'")),
         }
     }
-    c.subprotocols = subprotocols;
+    c.engine.subprotocols = subprotocols;
     Ok(Some(c))
 }
 
@@ -415,10 +419,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.port(), 9100);
         assert_eq!(c.threads, 3);
-        assert_eq!(c.max_message_size, 1 << 20);
-        assert!(c.idle_timeout.is_zero());
-        assert_eq!(c.handshake_timeout, Duration::from_millis(500));
-        assert_eq!(c.subprotocols, vec!["chat", "echo"]);
+        assert_eq!(c.engine.max_message_size, 1 << 20);
+        assert!(c.engine.idle_timeout.is_zero());
+        assert_eq!(c.engine.handshake_timeout, Duration::from_millis(500));
+        assert_eq!(c.engine.subprotocols, vec!["chat", "echo"]);
         assert!(c.pin);
     }
 

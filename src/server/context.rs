@@ -29,7 +29,7 @@ pub(crate) struct ShardCtx {
 impl ShardCtx {
     pub fn new(cfg: Arc<Config>, stats: Arc<ShardStats>, all_stats: Arc<AllStats>) -> ShardCtx {
         ShardCtx {
-            engine: Arc::new(cfg.engine()),
+            engine: Arc::new(cfg.engine.clone()),
             cfg,
             stats,
             all_stats,

@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::socket::out_of_resources;
 use super::stats::{AllStats, ShardStats};
 use super::{http, Config};
 use crate::protocol::Connection;
@@ -85,7 +86,7 @@ pub(crate) fn start(
     });
     let mut shard = Shard {
         id,
-        engine: Arc::new(cfg.engine()),
+        engine: Arc::new(cfg.engine.clone()),
         stats: all_stats.0.get(id).cloned().unwrap_or_default(),
         all_stats,
         cfg,
@@ -166,10 +167,7 @@ impl Shard {
                 Ok((stream, _peer)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                    ) {
+                    if e.raw_os_error().is_some_and(out_of_resources) {
                         // Out of descriptors or memory: keep serving the
                         // open connections, try again shortly, never spin.
                         self.stats.accept_backoffs.incr();

@@ -21,11 +21,11 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
+use crate::protocol::connection;
 pub use crate::protocol::ReadSizing;
 use stats::{AllStats, ShardStats, Snapshot};
 
 /// Everything an operator can tune. `Default` is safe on the open internet.
-/// The limits a client could push are the engine's (`Config::engine`).
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -33,32 +33,15 @@ pub struct Config {
     pub threads: usize,
     /// Pin shard i to the i-th CPU this process may run on.
     pub pin: bool,
-    /// Largest message, summed over fragments (1009 beyond).
-    pub max_message_size: u64,
-    /// Largest handshake header block (431 beyond).
-    pub max_header_bytes: usize,
-    /// Time allowed to complete the opening handshake.
-    pub handshake_timeout: Duration,
-    /// Silence after which the server pings; as long again without a byte
-    /// from the peer and the connection is closed. Zero disables.
-    pub idle_timeout: Duration,
-    /// Time a closing connection has to finish (the peer taking the rest of
-    /// its echo and answering our close, or going away after a protocol
-    /// error) before the socket is cut.
-    pub close_timeout: Duration,
+    /// Everything that bounds what a client can make one connection do:
+    /// the limits and timeouts the connection engine enforces.
+    pub engine: connection::Config,
     /// Graceful-shutdown wait for close handshakes.
     pub drain_timeout: Duration,
     pub max_connections_per_shard: usize,
-    /// Unsent output per connection before it stops reading (backpressure).
-    pub max_output_bytes: usize,
-    pub read_sizing: ReadSizing,
-    /// Subprotocols the server may select, in no particular order.
-    pub subprotocols: Vec<String>,
-    /// Browser origins allowed to connect; empty allows all.
-    pub allowed_origins: Vec<String>,
     /// Submission queue entries per ring.
     pub ring_entries: u32,
-    /// Ask for COOP_TASKRUN and SINGLE_ISSUER rings.
+    /// Ask for DEFER_TASKRUN/COOP_TASKRUN and SINGLE_ISSUER rings.
     pub ring_tuning: bool,
     /// Try a non-blocking send before queueing a ring write.
     pub direct_send: bool,
@@ -95,30 +78,15 @@ impl Config {
     /// 100 times a second.
     pub(crate) fn tick(&self) -> Duration {
         let shortest = [
-            self.handshake_timeout,
-            self.close_timeout,
-            self.idle_timeout,
+            self.engine.handshake_timeout,
+            self.engine.close_timeout,
+            self.engine.idle_timeout,
         ]
         .into_iter()
         .filter(|d| !d.is_zero())
         .min()
         .unwrap_or(Duration::from_secs(1));
         (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
-    }
-
-    /// The part of the configuration the connection engine enforces.
-    pub fn engine(&self) -> crate::protocol::connection::Config {
-        crate::protocol::connection::Config {
-            max_message_size: self.max_message_size,
-            max_header_bytes: self.max_header_bytes,
-            handshake_timeout: self.handshake_timeout,
-            idle_timeout: self.idle_timeout,
-            close_timeout: self.close_timeout,
-            max_output_bytes: self.max_output_bytes,
-            read_sizing: self.read_sizing,
-            subprotocols: self.subprotocols.clone(),
-            allowed_origins: self.allowed_origins.clone(),
-        }
     }
 }
 
@@ -128,20 +96,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin: false,
-            max_message_size: crate::protocol::message::DEFAULT_MAX_MESSAGE_SIZE,
-            max_header_bytes: crate::protocol::handshake::DEFAULT_MAX_HEADER_BYTES,
-            handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            close_timeout: Duration::from_secs(5),
+            engine: connection::Config::default(),
             drain_timeout: Duration::from_secs(10),
             max_connections_per_shard: 100_000,
-            max_output_bytes: 256 * 1024,
-            read_sizing: ReadSizing {
-                min: 4 * 1024,
-                max: 64 * 1024,
-            },
-            subprotocols: Vec::new(),
-            allowed_origins: Vec::new(),
             ring_entries: 1024,
             ring_tuning: true,
             direct_send: true,

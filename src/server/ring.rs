@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use uring::{cqueue, opcode, squeue, types, IoUring};
 
+use super::socket::{out_of_resources, send_now};
 use super::stats::{AllStats, ShardStats};
-use super::{http, socket::send_now, Config};
+use super::{http, Config};
 use crate::protocol::Connection;
 
 /// Slices per `writev`.
@@ -156,7 +157,7 @@ pub(crate) fn start(
         let _ = ready.send(Ok(id));
         let mut shard = Shard {
             id,
-            engine: Arc::new(cfg.engine()),
+            engine: Arc::new(cfg.engine.clone()),
             stats: all_stats.0.get(id).cloned().unwrap_or_default(),
             all_stats,
             cfg,
@@ -379,7 +380,7 @@ impl Shard {
                     // A kernel before 5.19: one accept per submission.
                     self.accept_multishot = false;
                 }
-                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
+                errno if out_of_resources(errno) => {
                     // Out of descriptors or memory: keep serving the open
                     // connections and try again shortly, without spinning.
                     self.stats.accept_backoffs.incr();

@@ -13,6 +13,7 @@ use tokio_uring::net::TcpListener;
 
 use super::conn;
 use super::context::{signal, ConnCtl, ShardCtx};
+use super::socket::out_of_resources;
 use super::stats::AllStats;
 use super::{uring, Config};
 
@@ -124,7 +125,7 @@ async fn accept_loop(
         match accepted {
             Ok((stream, _peer)) => admit(stream, &ctx),
             Err(e) => {
-                if out_of_resources(&e) {
+                if e.raw_os_error().is_some_and(out_of_resources) {
                     // Out of descriptors or memory: keep serving the open
                     // connections and try again shortly, without spinning.
                     ctx.stats.accept_backoffs.incr();
@@ -142,13 +143,6 @@ async fn accept_loop(
             }
         }
     }
-}
-
-fn out_of_resources(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }
 
 /// Start serving an accepted connection, or refuse it at the per-shard cap.

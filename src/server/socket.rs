@@ -1,4 +1,4 @@
-//! Plain socket calls the io_uring shells share.
+//! Plain socket calls and checks the shells share.
 
 use std::os::fd::RawFd;
 
@@ -29,4 +29,14 @@ pub(crate) fn send_now(fd: RawFd, batch: &[Bytes]) -> usize {
         libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     };
     usize::try_from(sent).unwrap_or(0)
+}
+
+/// An accept failed for want of descriptors or memory (`errno`): the shells
+/// keep serving the open connections and back off before the next accept,
+/// instead of spinning on the error.
+pub(crate) fn out_of_resources(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+    )
 }
