@@ -17,6 +17,8 @@ use super::message::Config;
 use super::testkit::StreamHarness;
 use super::Error;
 
+mod shell;
+
 /// The opening handshake (RFC 6455 §4.2): parse `data` whole and at a few
 /// split points, check that the parser agrees with itself across splits, and
 /// build whichever response the result calls for.
@@ -108,6 +110,21 @@ fn parse_response(out: &[u8]) -> (u16, &[u8]) {
         assert_eq!(declared, body.len());
     }
     (resp.code.unwrap_or(0), body)
+}
+
+/// The connection engine (RFC 6455 §4, §5, §7) driven as the tokio-uring
+/// shell drives it, one read and one write in flight, with the input as the
+/// script of what the peer, the socket and the clock do (layout in
+/// `fuzz_entry/shell.rs`). Checks: no panic; the unsent output's cost stays
+/// within the budget plus one step past it; a read buffer always has room;
+/// once done nothing is read, no timer is wanted and it stays done; nothing
+/// is written after the half-close; a handled deadline never stays in the
+/// past; every connection ends on its timers alone (unless open with no
+/// idle timer); the peer receives one HTTP response and, after a 101 only,
+/// well-formed server frames with at most one close and nothing after it;
+/// and for a canned upgrade, the echoed data is a prefix of the client's.
+pub fn connection(data: &[u8]) {
+    shell::run(data);
 }
 
 /// Client frame headers (RFC 6455 §5.2): parse `data` whole and at every
