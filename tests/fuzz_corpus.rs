@@ -48,3 +48,11 @@ fn session_corpus_sections_5_4_5_5_7() {
     let n = replay("session", fuzz_entry::session);
     assert!(n >= 10, "only {n} session corpus files");
 }
+
+/// The connection engine driven as the shell drives it (§4, §5, §7): reads,
+/// partial writes, timers, shutdown and EOF in the order each input scripts.
+#[test]
+fn connection_corpus_sections_4_5_7() {
+    let n = replay("connection", fuzz_entry::connection);
+    assert!(n >= 10, "only {n} connection corpus files");
+}
