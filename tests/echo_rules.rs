@@ -212,3 +212,21 @@ fn a_frame_that_fits_the_read_buffer_is_echoed_as_one_frame_as_it_came() {
     // Held frames stay where they were read: no payload byte is copied.
     assert!(t["copied_bytes"].as_u64().unwrap() <= 3 * 14, "{t}");
 }
+
+#[test]
+fn a_ping_pipelined_behind_the_handshake_is_answered_after_the_101_section_4_2_2() {
+    let server = Ringecho::start(&["--threads", "1"]);
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut input = upgrade_request(server.addr).into_bytes();
+    input.extend(client_frame(true, 0x9, b"early"));
+    s.write_all(&input).unwrap();
+    let head = read_head(&mut s).expect("a handshake response");
+    assert!(
+        head.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&head[..head.len().min(40)])
+    );
+    assert_eq!(read_frame(&mut s), Some((true, 0xA, b"early".to_vec())));
+    echo_once(&mut s, b"then echoes");
+}

@@ -652,6 +652,34 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSoc
     }
 
     #[test]
+    fn a_ping_pipelined_behind_the_handshake_is_answered_after_the_101_section_4_2_2() {
+        for shutdown_first in [false, true] {
+            let mut s = Shell::new(Config::default());
+            let mut input = REQUEST.to_vec();
+            input.extend(frame(true, OpCode::Ping, b"hi"));
+            let now = s.t0;
+            s.feed(&input, now);
+            if shutdown_first {
+                // A close ahead of data must not cut the response either.
+                s.conn.shutdown(now);
+            }
+            let wire = s.drain(now);
+            assert!(
+                wire.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"),
+                "{shutdown_first}: {:?}",
+                &wire[..wire.len().min(16)]
+            );
+            let at = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let seen = frames(&wire[at..]);
+            if shutdown_first {
+                assert_eq!(seen.last().map(|f| f.0), Some(0x88));
+            } else {
+                assert_eq!(seen, vec![(0x8A, b"hi".to_vec())]);
+            }
+        }
+    }
+
+    #[test]
     fn a_refused_handshake_is_answered_then_half_closed_and_drained_section_4_2_2() {
         let mut s = Shell::new(Config::default());
         let now = s.t0;

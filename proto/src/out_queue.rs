@@ -41,6 +41,9 @@ enum Kind {
     Data,
     Control,
     Close,
+    /// Not a frame: an HTTP response, which must reach the peer whole and
+    /// before any frame (§4.2.2: frames follow the server's handshake).
+    Raw,
 }
 
 #[derive(Debug)]
@@ -67,6 +70,9 @@ pub struct OutQueue {
     close: Option<(ControlFrame, CloseOrder)>,
     /// The front chunk's frame is partly on the wire.
     front_mid_frame: bool,
+    /// Raw (HTTP) chunks queued and not fully written: nothing may be put
+    /// ahead of them.
+    raw_queued: usize,
     /// Bytes plus entry costs of everything queued and unsent.
     cost: usize,
     /// Echo bytes ever queued (for counters).
@@ -124,7 +130,8 @@ impl OutQueue {
 
     /// Queue raw bytes that are not a WebSocket frame (an HTTP response).
     pub fn push_raw(&mut self, bytes: Bytes) {
-        self.push(bytes, Kind::Control, true);
+        self.raw_queued += 1;
+        self.push(bytes, Kind::Raw, true);
     }
 
     pub fn push_pong(&mut self, frame: ControlFrame) {
@@ -169,8 +176,16 @@ impl OutQueue {
         self.close_written
     }
 
-    /// Index of the first frame boundary in the queue.
+    /// Index of the first place a control frame may go, or a close ahead of
+    /// data may cut: the first frame boundary after any HTTP response.
     fn boundary(&self) -> usize {
+        if self.raw_queued > 0 {
+            return self
+                .q
+                .iter()
+                .rposition(|c| c.kind == Kind::Raw)
+                .map_or(0, |i| i + 1);
+        }
         if !self.front_mid_frame {
             return 0;
         }
@@ -232,8 +247,10 @@ impl OutQueue {
             }
             self.cost -= ENTRY_COST.min(self.cost);
             self.front_mid_frame = !front.ends_frame;
-            if front.kind == Kind::Close {
-                self.close_written = true;
+            match front.kind {
+                Kind::Close => self.close_written = true,
+                Kind::Raw => self.raw_queued -= 1,
+                Kind::Data | Kind::Control => {}
             }
             self.q.pop_front();
         }
@@ -344,6 +361,28 @@ mod tests {
         assert!(out.close_written());
         assert!(!out.has_pending());
         assert_eq!(out.cost(), 0, "nothing is left to pay for");
+    }
+
+    #[test]
+    fn nothing_goes_ahead_of_the_handshake_response_section_4_2_2() {
+        let mut out = OutQueue::new();
+        out.push_raw(Bytes::from_static(b"HTTP/1.1 101 \r\n\r\n"));
+        out.push_frame(Bytes::from_static(b"\x82\x01e"));
+        out.push_pong(ControlFrame::pong(b"p"));
+        let mut batch = Vec::new();
+        out.fill_batch(&mut batch, 64);
+        assert_eq!(&batch[0][..], b"HTTP/1.1 101 \r\n\r\n");
+        assert_eq!(&batch[1][..], &[0x8A, 1, b'p'], "the pong right after it");
+        // Part of the response is out when a shutdown close comes: the rest
+        // of the response still goes, then the close; what was queued after
+        // the response is dropped.
+        out.advance(5);
+        out.push_close(ControlFrame::close(Some(1001), ""), CloseOrder::AheadOfData);
+        out.fill_batch(&mut batch, 64);
+        let order: Vec<&[u8]> = batch.iter().map(|b| &b[..]).collect();
+        assert_eq!(order.len(), 2);
+        assert_eq!(order[0], b"1.1 101 \r\n\r\n");
+        assert_eq!(&order[1][..4], &[0x88, 2, 0x03, 0xE9]);
     }
 
     #[test]
