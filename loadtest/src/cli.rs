@@ -17,7 +17,7 @@ USAGE:
     loadtest compare [OPTIONS]             benchmark ringecho against peer echo servers
     loadtest soak [OPTIONS]                long mixed well-behaved and hostile load
     loadtest peer KIND --listen ADDR:PORT  run a peer echo server
-                                           KIND: fastwebsockets | tungstenite | raw-uring
+                                           KIND: fastwebsockets | tungstenite | raw-uring | raw-ring
 
 LOAD OPTIONS (URL is ws://IP:PORT/PATH, or tcp://IP:PORT with --raw):
     --connections N        Connections [default: 10]
@@ -66,7 +66,7 @@ COMPARE OPTIONS:
     --connections N  --size BYTES  --duration SECS  --warmup SECS  --in-flight K
     --rounds R             Repeat the interleaved server sequence R times; medians are
                            reported [default: 1]
-    --servers LIST         Comma list of ringecho,fastwebsockets,tungstenite,raw-uring
+    --servers LIST         Comma list of ringecho,fastwebsockets,tungstenite,raw-uring,raw-ring
                            [default: all four]
     --out DIR              Where NAME.md and NAME.svg go [default: docs/benchmarks]
     --name NAME            [default: c{connections}-s{size}]
@@ -198,6 +198,7 @@ pub enum PeerKind {
     FastWebSockets,
     Tungstenite,
     RawUring,
+    RawRing,
 }
 
 impl PeerKind {
@@ -206,6 +207,7 @@ impl PeerKind {
             "fastwebsockets" => Some(PeerKind::FastWebSockets),
             "tungstenite" | "tokio-tungstenite" => Some(PeerKind::Tungstenite),
             "raw-uring" | "raw" => Some(PeerKind::RawUring),
+            "raw-ring" => Some(PeerKind::RawRing),
             _ => None,
         }
     }
@@ -215,6 +217,7 @@ impl PeerKind {
             PeerKind::FastWebSockets => "fastwebsockets",
             PeerKind::Tungstenite => "tungstenite",
             PeerKind::RawUring => "raw-uring",
+            PeerKind::RawRing => "raw-ring",
         }
     }
 }
@@ -607,7 +610,7 @@ fn parse_peer(args: &[String]) -> Result<PeerArgs, String> {
     let kind = args
         .first()
         .and_then(|k| PeerKind::parse(k))
-        .ok_or("peer needs a kind: fastwebsockets, tungstenite or raw-uring")?;
+        .ok_or("peer needs a kind: fastwebsockets, tungstenite, raw-uring or raw-ring")?;
     let mut p = PeerArgs {
         kind,
         listen: SocketAddr::from(([127, 0, 0, 1], 9002)),

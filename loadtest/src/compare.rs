@@ -88,7 +88,7 @@ fn run_client(
             ("--in-flight", args.in_flight.to_string()),
         ],
     );
-    if target == Target::Peer(PeerKind::RawUring) {
+    if matches!(target, Target::Peer(PeerKind::RawUring | PeerKind::RawRing)) {
         load.push("--raw".into());
     }
     let limit = args.warmup + args.duration + Duration::from_secs(60);

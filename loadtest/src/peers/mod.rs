@@ -1,16 +1,17 @@
 //! Peer echo servers that ringecho is compared against, each on one thread:
-//! `loadtest peer fastwebsockets|tungstenite|raw-uring --listen ADDR:PORT`.
+//! `loadtest peer fastwebsockets|tungstenite|raw-uring|raw-ring --listen ADDR:PORT`.
 //! Each prints `listening on ADDR:PORT` once bound (port 0 picks one) and
 //! stops on SIGTERM/SIGINT.
 
 mod fastws;
+mod raw_ring;
 mod raw_uring;
 mod tungstenite;
 
 use crate::cli::{PeerArgs, PeerKind};
 
 pub fn run(p: PeerArgs) -> Result<(), String> {
-    if p.kind == PeerKind::RawUring && (p.corrupt || p.drop) {
+    if matches!(p.kind, PeerKind::RawUring | PeerKind::RawRing) && (p.corrupt || p.drop) {
         return Err(
             "--corrupt and --drop need a WebSocket peer (fastwebsockets or tungstenite)".into(),
         );
@@ -19,6 +20,7 @@ pub fn run(p: PeerArgs) -> Result<(), String> {
         PeerKind::FastWebSockets => fastws::run(&p),
         PeerKind::Tungstenite => tungstenite::run(&p),
         PeerKind::RawUring => raw_uring::run(&p),
+        PeerKind::RawRing => raw_ring::run(&p),
     }
 }
 
