@@ -35,7 +35,7 @@ test page that connects, sends \"WebSocket rocks\" and shows the echo.
 OPTIONS (defaults are safe on the open internet):
     --listen ADDR:PORT         Address to listen on [default: 127.0.0.1:9001].
                                Use 0.0.0.0:9001 (or [::]:9001) for all interfaces.
-    --threads N                Shards: threads, each with its own io_uring and
+    --threads N                Shards: threads, each with its own I/O loop and
                                SO_REUSEPORT listener [default: available cores]
     --pin                      Pin shard i to the i-th CPU the process may use
     --max-message-size SIZE    Largest message, summed over its fragments; larger
@@ -85,7 +85,9 @@ OPTIONS (defaults are safe on the open internet):
                                io_uring works, else epoll with a one-line
                                warning saying why [default: auto]
     --ring-entries N           Submission queue entries per io_uring [default: 1024]
-    --no-ring-tuning           Do not ask for COOP_TASKRUN/SINGLE_ISSUER rings
+    --no-ring-tuning           Do not ask for tuned rings (by default SINGLE_ISSUER
+                               with DEFER_TASKRUN for --io ring, COOP_TASKRUN for
+                               --io tokio-uring, each falling back when refused)
     --no-direct-send           Always write through io_uring (by default an echo
                                is first sent with one non-blocking sendmsg, and
                                only what the socket cannot take goes to the ring)
@@ -138,8 +140,9 @@ fn main() -> ExitCode {
     } else {
         addr.to_string()
     };
-    // Three descriptors per shard (listener, ring, eventfd) plus stdio.
-    let capacity = fd_limit.saturating_sub(3 * server.shards() as u64 + 16);
+    // Up to four descriptors per shard (the listener and a duplicate of it,
+    // a ring or epoll instance, an eventfd) plus stdio.
+    let capacity = fd_limit.saturating_sub(4 * server.shards() as u64 + 16);
     say!(
         "ringecho listening on ws://{addr}/ with {} shard(s) on {}",
         server.shards(),
