@@ -201,5 +201,81 @@ fn whole_path(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, unmask, utf8, whole_path);
+/// The same 1000 × 20 B and 16 KiB inputs through the connection engine, as
+/// a shell drives it: the bytes land in the engine's read buffer,
+/// `handle_read` processes them, and `poll_transmit` / `handle_written`
+/// take every echo out. Beside `whole_path/session_step`, this is what the
+/// engine adds to the frame path (buffer cutting, the output queue, its
+/// bookkeeping). Only the engine's work is timed, not the copy that stands
+/// in for the kernel's write into the buffer.
+fn engine(c: &mut Criterion) {
+    use ringecho_proto::connection::{Config as EngineConfig, Connection};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let mut g = c.benchmark_group("engine");
+    for (size, frames) in [(20usize, 1000usize), (16 << 10, 1)] {
+        let text = ascii_text(size);
+        let mut pristine = Vec::new();
+        for _ in 0..frames {
+            encode_client_frame(true, OpCode::Text, KEY, &text, &mut pristine);
+        }
+        g.throughput(Throughput::Bytes((size * frames) as u64));
+        let id = if frames > 1 {
+            format!("{frames} x {}", label(size))
+        } else {
+            label(size)
+        };
+        let now = Instant::now();
+        let mut conn = Connection::new(Arc::new(EngineConfig::default()), now);
+        let mut batch = Vec::new();
+        // One turn of a shell: read `input` in buffer-sized pieces, write
+        // everything; returns the bytes written.
+        let mut turn = |conn: &mut Connection, input: &[u8], timed: &mut Duration| {
+            let mut written = 0;
+            let mut rest = input;
+            while !rest.is_empty() {
+                let mut buf = conn.read_buffer();
+                let n = rest.len().min(buf.capacity() - buf.len());
+                buf.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                let t = Instant::now();
+                conn.handle_read(buf, n, now);
+                loop {
+                    conn.poll_transmit(&mut batch, 256);
+                    let sent: usize = batch.iter().map(|b| b.len()).sum();
+                    if sent == 0 {
+                        break;
+                    }
+                    written += sent;
+                    conn.handle_written(sent, now);
+                }
+                *timed += t.elapsed();
+            }
+            written
+        };
+        let mut untimed = Duration::ZERO;
+        assert!(turn(&mut conn, REQUEST, &mut untimed) > 0, "the 101");
+        // Warm the buffers up to their working size, and check the echo.
+        let mut echoed = 0;
+        for _ in 0..64 {
+            echoed = turn(&mut conn, &pristine, &mut untimed);
+        }
+        assert_eq!(echoed, pristine.len() - 4 * frames);
+        g.bench_function(BenchmarkId::new("handle_read_transmit", &id), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    black_box(turn(&mut conn, &pristine, &mut timed));
+                }
+                timed
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, unmask, utf8, whole_path, engine);
 criterion_main!(benches);
