@@ -176,7 +176,7 @@ fn check_header(data: &[u8], h: FrameHeader) {
 /// What a client makes of the server's bytes: whole messages, pongs and the
 /// close, plus the echoed part of a message the input stream cut short.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Seen {
+pub(crate) enum Seen {
     Text(Vec<u8>),
     Binary(Vec<u8>),
     Pong(Vec<u8>),
@@ -237,7 +237,7 @@ fn error_code(err: Error) -> u16 {
 /// Decode the server's output as a strict client would: never masked, no
 /// RSV bits, minimal lengths, control frames whole and short, continuations
 /// only inside a message (§5.1, §5.2, §5.4, §5.5).
-fn decode_server(mut bytes: &[u8], error: Option<Error>) -> Vec<Seen> {
+pub(crate) fn decode_server(mut bytes: &[u8], error: Option<Error>) -> Vec<Seen> {
     let mut seen = Vec::new();
     let mut open: Option<(OpCode, Vec<u8>)> = None;
     let mut last_close = None;

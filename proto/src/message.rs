@@ -426,66 +426,19 @@ impl Session {
 mod tests {
     use super::*;
     use crate::frame::encode_client_frame;
+    use crate::fuzz_entry::{decode_server, Seen};
     use crate::testkit::StreamHarness;
     use proptest::prelude::*;
 
-    /// What a client sees: whole messages and control frames.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    enum Seen {
-        Text(Vec<u8>),
-        Binary(Vec<u8>),
-        Pong(Vec<u8>),
-        Close(Option<u16>),
-    }
-
-    /// Decode server frames as a strict client would (§5.1: never masked,
-    /// §5.4: fragmentation rules).
-    fn decode(mut bytes: &[u8]) -> Vec<Seen> {
-        let mut seen = Vec::new();
-        let mut partial: Option<(OpCode, Vec<u8>)> = None;
-        while !bytes.is_empty() {
-            let h = crate::frame::parse_server_header(bytes)
-                .unwrap()
-                .expect("a whole server header");
-            assert!(!h.masked, "server frames are never masked");
-            assert_eq!(h.rsv, 0, "no RSV bits");
-            let (len, at) = (h.payload_len as usize, h.header_len);
-            assert_eq!(at, server_header_len(len as u64), "minimal length encoding");
-            let payload = bytes[at..at + len].to_vec();
-            bytes = &bytes[at + len..];
-            match OpCode::from_u8(h.opcode).unwrap() {
-                OpCode::Pong => seen.push(Seen::Pong(payload)),
-                OpCode::Close => seen.push(Seen::Close(
-                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
-                )),
-                OpCode::Ping => panic!("unexpected ping"),
-                op @ (OpCode::Text | OpCode::Binary) => {
-                    assert!(partial.is_none(), "new message inside a fragmented one");
-                    partial = Some((op, payload));
-                }
-                OpCode::Continuation => partial
-                    .as_mut()
-                    .expect("continuation without start")
-                    .1
-                    .extend(payload),
-            }
-            if h.fin && matches!(h.opcode, 0..=2) {
-                let (op, data) = partial.take().unwrap();
-                seen.push(if op == OpCode::Text {
-                    assert!(
-                        std::str::from_utf8(&data).is_ok(),
-                        "server sent invalid UTF-8"
-                    );
-                    Seen::Text(data)
-                } else {
-                    Seen::Binary(data)
-                });
-            }
-        }
+    /// Decode server frames as a strict client would, with the fuzz
+    /// oracle's decoder (§5.1, §5.2, §5.4, §5.5).
+    fn decode(bytes: &[u8]) -> Vec<Seen> {
+        let mut seen = decode_server(bytes, None);
         // A failed connection may leave its echo open; the close says why.
-        assert!(
-            partial.is_none() || matches!(seen.last(), Some(Seen::Close(Some(c))) if *c != 1000)
-        );
+        if let Some(Seen::Open(..)) = seen.last() {
+            seen.pop();
+            assert!(matches!(seen.last(), Some(Seen::Close(Some(c))) if *c != 1000));
+        }
         seen
     }
 
