@@ -55,7 +55,8 @@ pub(crate) async fn serve(stream: TcpStream, ctx: &ShardCtx, ctl: &ConnCtl) {
             // skip a ring op and a completion wake-up. Only what the socket
             // would not take goes through io_uring.
             if !batch.is_empty() && ctx.cfg.direct_send {
-                let sent = send_now(ctl.fd, &batch);
+                // An error is left for the writev that follows to report.
+                let sent = send_now(ctl.fd, &batch).unwrap_or(0);
                 ctx.stats.direct_sends.incr();
                 if sent > 0 {
                     ctx.stats.bytes_out.add(sent as u64);

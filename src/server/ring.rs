@@ -39,7 +39,27 @@ const OP_ACCEPT: u64 = 2;
 const OP_WAKE: u64 = 3;
 /// A cancellation's own completion: nothing to do.
 const OP_CANCEL: u64 = 4;
+/// A poll for room in the socket's send buffer.
+const OP_WRITABLE: u64 = 5;
 const OP_BITS: u32 = 3;
+
+/// Sends carry MSG_DONTWAIT, so the kernel never parks them: each one
+/// completes inside the `io_uring_enter` that submits it (success, a short
+/// send or EAGAIN). The loop counts on that to wait for one completion
+/// beyond the sends after which their connections only wait for input, so
+/// that a turn that submits echoes and waits for the next receive is still a
+/// single system call. A full socket is waited for with a poll for POLLOUT.
+const SEND_FLAGS: u32 = (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u32;
+/// Output of at least this many bytes is sent at once with a plain
+/// `sendmsg`: beside copying it the system call costs little, and the read
+/// buffers it points into are free again at once instead of a loop turn
+/// later (200 × 16 KiB echoes: 1.10× the msgs/s of sending through the
+/// ring). Smaller output rides the next `io_uring_enter`, which saves a
+/// system call per echo (100 × 20 B: the same msgs/s either way).
+const DIRECT_SEND_MIN: usize = 4096;
+/// Idle send states kept for reuse by the shard (not by each connection, so
+/// an idle connection holds none).
+const KEEP_OUTGOING: usize = 1024;
 
 /// How the server stops a ring shard: a write to its eventfd, on which the
 /// shard keeps a read in flight.
@@ -56,9 +76,49 @@ impl Stopper {
     }
 }
 
+/// One send: the slices, their iovecs and the msghdr the kernel reads. It is
+/// boxed so the msghdr's address is stable while the send is in flight.
 struct Outgoing {
     batch: Vec<Bytes>,
     iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+impl Outgoing {
+    fn new() -> Box<Outgoing> {
+        Box::new(Outgoing {
+            batch: Vec::new(),
+            iov: Vec::new(),
+            // SAFETY: msghdr is plain data; all zeroes is a valid empty one
+            // (no name, no iovecs, no control data).
+            msg: unsafe { std::mem::zeroed() },
+        })
+    }
+
+    /// Point the iovecs and the msghdr at `batch`.
+    fn prepare(&mut self) -> *const libc::msghdr {
+        self.iov.clear();
+        self.iov.extend(self.batch.iter().map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        }));
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = self.iov.len();
+        &self.msg
+    }
+
+    fn total(&self) -> usize {
+        self.batch.iter().map(|b| b.len()).sum()
+    }
+
+    fn reset(&mut self) {
+        self.batch.clear();
+        self.iov.clear();
+        if self.batch.capacity() > KEEP_IOV {
+            self.batch.shrink_to(KEEP_IOV);
+            self.iov.shrink_to(KEEP_IOV);
+        }
+    }
 }
 
 struct Slot {
@@ -66,10 +126,13 @@ struct Slot {
     conn: Connection,
     /// The buffer a receive in flight writes into.
     recv: Option<BytesMut>,
-    /// The slices and iovecs a writev in flight reads.
-    send: Option<Outgoing>,
-    /// Reused between writes.
-    spare: Outgoing,
+    /// The slices, iovecs and msghdr a send in flight reads.
+    send: Option<Box<Outgoing>>,
+    /// The last send found the socket buffer full: poll for room before
+    /// the next.
+    socket_full: bool,
+    /// A poll for POLLOUT is in flight.
+    awaiting_room: bool,
     /// The socket is shut down; the slot goes once nothing is in flight.
     closing: bool,
     echoed: u64,
@@ -94,6 +157,13 @@ struct Shard {
     /// The eventfd read's target; boxed so its address is stable.
     wake_buf: Box<[u8; 8]>,
     wake_armed: bool,
+    /// Send states not in use, kept boxed: a send in flight needs its
+    /// msghdr at a fixed address, and reuse should not re-box.
+    #[allow(clippy::vec_box)]
+    outgoing: Vec<Box<Outgoing>>,
+    /// Sends pushed since the completion queue was last reaped: each posts
+    /// its completion during the submitting enter (see [`SEND_FLAGS`]).
+    sends_unreaped: u32,
 }
 
 /// Build a ring with the flags that fit one thread per ring: completions
@@ -173,6 +243,8 @@ pub(crate) fn start(
             stopper: stop,
             wake_buf: Box::new([0; 8]),
             wake_armed: false,
+            outgoing: Vec::new(),
+            sends_unreaped: 0,
         };
         shard.run();
         // The listener stays open until the loop is over.
@@ -216,7 +288,9 @@ impl Shard {
                 .nsec(wait.subsec_nanos());
             let args = types::SubmitArgs::new().timespec(&ts);
             self.stats.ring_enters.incr();
-            match self.ring.submitter().submit_with_args(1, &args) {
+            // The sends' own completions are already due; wait for one more.
+            let want = self.sends_unreaped as usize + 1;
+            match self.ring.submitter().submit_with_args(want, &args) {
                 Ok(_) => {}
                 Err(e)
                     if matches!(
@@ -229,6 +303,7 @@ impl Shard {
                 }
             }
             let now = Instant::now();
+            self.sends_unreaped = 0;
             completions.clear();
             completions.extend(
                 self.ring
@@ -349,21 +424,29 @@ impl Shard {
                     return;
                 };
                 if !s.closing {
-                    match usize::try_from(res) {
-                        Ok(n) => {
+                    match res {
+                        n if n > 0 => {
+                            let n = n as usize;
                             self.stats.bytes_out.add(n as u64);
                             s.conn.handle_written(n, now);
+                            // A short send: the socket buffer is full.
+                            s.socket_full = n < send.total();
                         }
-                        Err(_) => s.conn.handle_write_error(),
+                        e if e == -libc::EAGAIN => s.socket_full = true,
+                        _ => s.conn.handle_write_error(),
                     }
                 }
-                send.batch.clear();
-                send.iov.clear();
-                if send.batch.capacity() > KEEP_IOV {
-                    send.batch.shrink_to(KEEP_IOV);
-                    send.iov.shrink_to(KEEP_IOV);
+                send.reset();
+                if self.outgoing.len() < KEEP_OUTGOING {
+                    self.outgoing.push(send);
                 }
-                s.spare = send;
+                self.drive(slot, now);
+            }
+            OP_WRITABLE => {
+                let Some(Some(s)) = self.slots.get_mut(slot) else {
+                    return;
+                };
+                s.awaiting_room = false;
                 self.drive(slot, now);
             }
             _ => {}
@@ -412,10 +495,8 @@ impl Shard {
             conn: Connection::new(self.engine.clone(), now),
             recv: None,
             send: None,
-            spare: Outgoing {
-                batch: Vec::new(),
-                iov: Vec::new(),
-            },
+            socket_full: false,
+            awaiting_room: false,
             closing: false,
             echoed: 0,
         });
@@ -441,45 +522,71 @@ impl Shard {
         };
         let mut push: [Option<squeue::Entry>; 2] = [None, None];
         if !s.closing {
-            if s.send.is_none() {
-                let mut send = std::mem::replace(
-                    &mut s.spare,
-                    Outgoing {
-                        batch: Vec::new(),
-                        iov: Vec::new(),
-                    },
-                );
+            if s.send.is_none() && !s.awaiting_room && !s.socket_full {
+                let mut send = self.outgoing.pop().unwrap_or_else(Outgoing::new);
                 s.conn.poll_transmit(&mut send.batch, MAX_IOV);
-                // Most echoes fit the socket buffer at once: send them now
-                // and skip a ring op and its completion.
-                if direct && !send.batch.is_empty() {
-                    let sent = send_now(s.stream.as_raw_fd(), &send.batch);
+                let fd = s.stream.as_raw_fd();
+                // Plain sendmsg calls while the socket takes everything (a
+                // drained queue may let the engine produce more), and a poll
+                // for room once it does not.
+                let mut rounds = 0;
+                while direct && send.total() >= DIRECT_SEND_MIN && rounds < 8 {
                     self.stats.direct_sends.incr();
-                    if sent > 0 {
-                        self.stats.bytes_out.add(sent as u64);
-                        s.conn.handle_written(sent, now);
-                        s.conn.poll_transmit(&mut send.batch, MAX_IOV);
+                    let total = send.total();
+                    let result = send_now(fd, &send.batch);
+                    send.batch.clear();
+                    match result {
+                        Ok(sent) => {
+                            self.stats.bytes_out.add(sent as u64);
+                            if sent > 0 {
+                                s.conn.handle_written(sent, now);
+                            }
+                            s.socket_full = sent < total;
+                        }
+                        Err(_) => s.conn.handle_write_error(),
                     }
+                    if s.socket_full || s.conn.is_done() {
+                        break;
+                    }
+                    // What the socket took may have let the engine go on.
+                    s.conn.poll_transmit(&mut send.batch, MAX_IOV);
+                    rounds += 1;
                 }
                 if send.batch.is_empty() {
-                    s.spare = send;
+                    send.reset();
+                    if self.outgoing.len() < KEEP_OUTGOING {
+                        self.outgoing.push(send);
+                    }
                 } else {
-                    send.iov.clear();
-                    send.iov.extend(send.batch.iter().map(|b| libc::iovec {
-                        iov_base: b.as_ptr() as *mut libc::c_void,
-                        iov_len: b.len(),
-                    }));
-                    push[0] = Some(
-                        opcode::Writev::new(
-                            types::Fd(s.stream.as_raw_fd()),
-                            send.iov.as_ptr(),
-                            send.iov.len() as u32,
-                        )
-                        .build()
-                        .user_data(user_data(i, OP_SEND)),
-                    );
+                    // One slice (most echoes: the header is written in
+                    // place) goes as a plain send, which spares the kernel
+                    // copying a msghdr and an iovec array.
+                    let entry = match send.batch.as_slice() {
+                        [one] => opcode::Send::new(types::Fd(fd), one.as_ptr(), one.len() as u32)
+                            .flags(SEND_FLAGS as i32)
+                            .build(),
+                        _ => opcode::SendMsg::new(types::Fd(fd), send.prepare())
+                            .flags(SEND_FLAGS)
+                            .build(),
+                    };
+                    push[0] = Some(entry.user_data(user_data(i, OP_SEND)));
+                    // Count only a send after which the connection just waits
+                    // for input: if more output or a close step follows its
+                    // completion, that completion must end the wait.
+                    if send.batch.len() < MAX_IOV && s.conn.wants_read() {
+                        self.sends_unreaped += 1;
+                    }
                     s.send = Some(send);
                 }
+            }
+            if s.socket_full && !s.awaiting_room {
+                s.socket_full = false;
+                s.awaiting_room = true;
+                push[0] = Some(
+                    opcode::PollAdd::new(types::Fd(s.stream.as_raw_fd()), libc::POLLOUT as u32)
+                        .build()
+                        .user_data(user_data(i, OP_WRITABLE)),
+                );
             }
             if s.conn.poll_shutdown_write() {
                 let _ = s.stream.shutdown(std::net::Shutdown::Write);
@@ -507,11 +614,11 @@ impl Shard {
         }
         let (done, closing) = (s.conn.is_done(), s.closing);
         for entry in push.into_iter().flatten() {
-            // SAFETY: a writev's iovecs and the slices they point to live in
-            // `s.send`, and a receive's buffer in `s.recv`; both are heap
-            // allocations that stay in the slot, unmoved, until the
-            // completion takes them out, and the slot is not freed while
-            // either is in flight.
+            // SAFETY: a send's msghdr, iovecs and the slices they point to
+            // live in the boxed `s.send`, and a receive's buffer in `s.recv`;
+            // both are heap allocations that stay in the slot, unmoved, until
+            // the completion takes them out, and the slot is not freed while
+            // either is in flight. A poll points to no memory.
             unsafe { self.push(entry) };
         }
         if done || closing {
@@ -529,7 +636,7 @@ impl Shard {
             s.closing = true;
             let _ = s.stream.shutdown(std::net::Shutdown::Both);
         }
-        if s.recv.is_none() && s.send.is_none() {
+        if s.recv.is_none() && s.send.is_none() && !s.awaiting_room {
             if let Some(s) = self.slots[i].take() {
                 self.stats.copied_bytes.add(s.conn.carried_bytes());
                 self.live -= 1;
@@ -586,5 +693,46 @@ impl Shard {
         if self.wake_armed {
             std::mem::forget(std::mem::take(&mut self.wake_buf));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loop's wait count rests on this: a MSG_DONTWAIT send posts its
+    /// completion inside the enter that submits it, whether it succeeds or
+    /// finds the socket full, on the ring flags the shard uses.
+    #[test]
+    fn a_dontwait_send_completes_inside_its_submitting_enter() {
+        let cfg = Config::default();
+        let mut ring = build_ring(&cfg).expect("io_uring is available here");
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let chunk = vec![7u8; 65536];
+        let mut results = Vec::new();
+        // Until the socket is full: then the send must fail at once with
+        // EAGAIN, not wait in the kernel for room.
+        for round in 0..10_000 {
+            let entry =
+                opcode::Send::new(types::Fd(a.as_raw_fd()), chunk.as_ptr(), chunk.len() as u32)
+                    .flags(SEND_FLAGS as i32)
+                    .build()
+                    .user_data(round);
+            // SAFETY: `chunk` outlives the completion, which is reaped below
+            // before the next round.
+            unsafe { ring.submission().push(&entry).unwrap() };
+            ring.submit().unwrap();
+            let cqe = ring
+                .completion()
+                .next()
+                .expect("the completion was posted during the submit");
+            results.push(cqe.result());
+            if cqe.result() == -libc::EAGAIN {
+                break;
+            }
+        }
+        assert!(results.first().is_some_and(|&r| r > 0), "{results:?}");
+        assert_eq!(results.last(), Some(&-libc::EAGAIN));
     }
 }

@@ -5,9 +5,8 @@ use std::os::fd::RawFd;
 use bytes::Bytes;
 
 /// Send `batch` without blocking, as far as the socket buffer takes it;
-/// returns the bytes sent (0 when it would block or failed: the io_uring
-/// write that follows reports a real error).
-pub(crate) fn send_now(fd: RawFd, batch: &[Bytes]) -> usize {
+/// returns the bytes sent, 0 when the socket buffer is full.
+pub(crate) fn send_now(fd: RawFd, batch: &[Bytes]) -> std::io::Result<usize> {
     const MAX: usize = 64;
     let mut iov = [libc::iovec {
         iov_base: std::ptr::null_mut(),
@@ -28,7 +27,16 @@ pub(crate) fn send_now(fd: RawFd, batch: &[Bytes]) -> usize {
         msg.msg_iovlen = n;
         libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     };
-    usize::try_from(sent).unwrap_or(0)
+    match usize::try_from(sent) {
+        Ok(n) => Ok(n),
+        Err(_) => {
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(e),
+            }
+        }
+    }
 }
 
 /// An accept failed for want of descriptors or memory (`errno`): the shells
