@@ -26,6 +26,7 @@ use crate::frame::{ControlFrame, MAX_CLIENT_HEADER};
 use crate::handshake::{self, Limits, Parsed, Request};
 use crate::message::{self, Session};
 use crate::out_queue::{CloseOrder, OutQueue};
+pub use crate::read_buffer::ADOPT_HEADROOM;
 use crate::read_buffer::{Flow, ReadBuffer, ReadSizing};
 use crate::HandshakeError;
 
@@ -234,15 +235,84 @@ impl Connection {
             _ => {
                 // Draining after our ending: discard.
                 self.rb.consume(usize::MAX);
-                if self.state == State::Responding {
-                    self.linger_reads += 1;
-                    if self.linger_reads >= MAX_LINGER_READS {
-                        self.state = State::Done;
-                    }
-                }
+                self.count_linger_read();
             }
         }
         self.settle();
+    }
+
+    fn count_linger_read(&mut self) {
+        if self.state == State::Responding {
+            self.linger_reads += 1;
+            if self.linger_reads >= MAX_LINGER_READS {
+                self.state = State::Done;
+            }
+        }
+    }
+
+    /// For a shell that receives into buffers of its own (an io_uring
+    /// provided-buffer ring): `buf[data_at..]` was received; the bytes before
+    /// `data_at` are scratch the engine may overwrite, and with
+    /// [`ADOPT_HEADROOM`] of them it copies nothing. The echo is cut from
+    /// the buffer in place, and the buffer comes back through
+    /// [`Connection::release_buffers`]. The end of the peer's stream is
+    /// [`Connection::handle_eof`].
+    pub fn handle_received(&mut self, buf: BytesMut, data_at: usize, now: Instant) {
+        if buf.len() <= data_at {
+            self.rb.discard(buf);
+            return;
+        }
+        self.last_read = now;
+        self.ping_at = None;
+        match self.state {
+            State::Handshake => {
+                // The request must be parsed whole: it is copied into a
+                // buffer of our own (it is small, and bounded by the header
+                // limit).
+                self.rb.absorb(buf, data_at, &mut self.out);
+                self.handshake(now);
+            }
+            State::Open | State::ServerClosing => {
+                self.rb.adopt(buf, data_at, &mut self.out);
+                if !self.backlog {
+                    self.process(now);
+                }
+            }
+            _ => {
+                self.rb.discard(buf);
+                self.count_linger_read();
+            }
+        }
+        self.settle();
+    }
+
+    /// The peer's stream ended (or a receive failed): nothing more will
+    /// come.
+    pub fn handle_eof(&mut self, now: Instant) {
+        self.peer_gone(now);
+        self.settle();
+    }
+
+    /// Call once output has been sent: shell buffers the engine is done with
+    /// go into `into`, for the shell to reuse once nothing points into them
+    /// (`BytesMut::try_reclaim`). Returns the bytes of small unsent echo
+    /// copied out of them, so that a peer that does not read pins no more
+    /// than `min_pin`-sized slices of shell buffers.
+    pub fn release_buffers(&mut self, into: &mut Vec<BytesMut>, min_pin: usize) -> usize {
+        let copied = if self.backlog {
+            0
+        } else {
+            self.rb.release_current(&mut self.out, min_pin)
+        };
+        self.rb.take_released(into);
+        copied
+    }
+
+    /// The connection is being dropped: every shell buffer it holds goes
+    /// into `into` (echo still queued is dropped with the engine).
+    pub fn release_all(&mut self, into: &mut Vec<BytesMut>) {
+        self.rb.release_all();
+        self.rb.take_released(into);
     }
 
     /// Give back a buffer from [`Connection::read_buffer`] that nothing was
@@ -382,6 +452,12 @@ impl Connection {
         self.rb.carried()
     }
 
+    /// Read buffer memory this connection holds (its own buffer and any
+    /// shell buffers it has not released), for tests and memory accounting.
+    pub fn read_buffer_bytes(&self) -> usize {
+        self.rb.held_bytes()
+    }
+
     /// Unsent output cost, for tests and memory accounting.
     pub fn output_cost(&self) -> usize {
         self.out.cost()
@@ -516,6 +592,9 @@ impl Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod pool_tests;
 
 #[cfg(test)]
 mod tests {

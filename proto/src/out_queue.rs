@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::frame::ControlFrame;
 
@@ -63,6 +63,9 @@ pub struct OutQueue {
     /// `cost`: they are at most one frame, and counting what cannot be sent
     /// could stop reading the rest of that frame forever.
     partial: Vec<Bytes>,
+    /// Small pieces of that frame copied out of a buffer that had to go
+    /// back, coalesced: they follow everything in `partial`.
+    partial_copied: BytesMut,
     /// Pongs to send at the next frame boundary, oldest first.
     pongs: VecDeque<ControlFrame>,
     /// A server ping to send (idle probe).
@@ -79,6 +82,9 @@ pub struct OutQueue {
     echoed: u64,
     close_queued: bool,
     close_written: bool,
+    /// Front chunks handed out by the last `fill_batch`, until the send that
+    /// carries them is reported: it holds its own references to them.
+    handed: usize,
 }
 
 impl OutQueue {
@@ -99,6 +105,7 @@ impl OutQueue {
     /// whole, which releases its held pieces).
     pub fn push_frame(&mut self, bytes: Bytes) {
         self.echoed += bytes.len() as u64;
+        self.flush_copied();
         let held = std::mem::take(&mut self.partial);
         if held.is_empty() {
             return self.push(bytes, Kind::Data, true);
@@ -120,12 +127,29 @@ impl OutQueue {
     /// Hold a piece of a frame echoed whole until its last piece comes.
     pub fn push_part(&mut self, bytes: Bytes) {
         self.echoed += bytes.len() as u64;
+        self.flush_copied();
         self.partial.push(bytes);
+    }
+
+    /// Hold a copy of a small piece of a frame echoed whole, coalesced with
+    /// the copied pieces before it (a peer that trickles a frame byte by
+    /// byte costs one growing buffer, not a slice per byte).
+    pub fn push_part_copy(&mut self, piece: &[u8]) {
+        self.echoed += piece.len() as u64;
+        self.partial_copied.extend_from_slice(piece);
+    }
+
+    fn flush_copied(&mut self) {
+        if !self.partial_copied.is_empty() {
+            let copied = self.partial_copied.split().freeze();
+            self.partial.push(copied);
+        }
     }
 
     /// Forget the held pieces of a frame that will not be finished.
     fn drop_partial(&mut self) {
         self.partial.clear();
+        self.partial_copied = BytesMut::new();
     }
 
     /// Queue raw bytes that are not a WebSocket frame (an HTTP response).
@@ -228,10 +252,31 @@ impl OutQueue {
         }
         batch.clear();
         batch.extend(self.q.iter().take(max).map(|c| c.bytes.clone()));
+        self.handed = batch.len();
+    }
+
+    /// Replace queued slices shorter than `min_pin` that point into the
+    /// allocation at `range` with copies, so that allocation can be reused
+    /// once the send in flight is written. Returns the bytes copied.
+    pub fn compact(&mut self, range: (usize, usize), min_pin: usize) -> usize {
+        let inside = |b: &Bytes| {
+            let p = b.as_ptr() as usize;
+            !b.is_empty() && p >= range.0 && p < range.1 && b.len() < min_pin
+        };
+        let mut copied = 0;
+        for bytes in self.q.iter_mut().skip(self.handed).map(|c| &mut c.bytes) {
+            if inside(bytes) {
+                copied += bytes.len();
+                *bytes = Bytes::copy_from_slice(bytes);
+            }
+        }
+        copied
     }
 
     /// Account for `written` bytes of the last batch having gone out.
     pub fn advance(&mut self, mut written: usize) {
+        // The send is over: nothing is in flight until the next batch.
+        self.handed = 0;
         while written > 0 {
             let Some(front) = self.q.front_mut() else {
                 break;

@@ -8,6 +8,17 @@
 //! `Bytes` cut from an allocation has been written and dropped,
 //! `BytesMut::reserve` reclaims the same allocation for the next read, which
 //! makes each connection's buffer its own pool.
+//!
+//! A shell that receives into buffers of its own (an io_uring
+//! provided-buffer ring, shared by every connection of a shard) hands each
+//! one over instead ([`ReadBuffer::adopt`]). The echo is cut from it the same
+//! way; once processing is done with it, the buffer goes back to the shell
+//! ([`ReadBuffer::release_current`], [`ReadBuffer::take_released`]), which
+//! reuses it when every echo cut from it has been written. An idle
+//! connection then holds no read buffer at all: at most a partial header,
+//! copied into a few bytes of its own.
+
+use std::collections::VecDeque;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -53,7 +64,27 @@ pub struct ReadBuffer {
     /// Bytes carried over into a new allocation (partial headers and
     /// control frames only: data payload is never moved).
     carried: u64,
+    /// `buf` is a shell's buffer: it goes back through `released`, and is
+    /// never grown or reallocated here.
+    adopted: bool,
+    /// Address range of the adopted buffer's allocation, to find the queued
+    /// echo that points into it.
+    adopted_range: (usize, usize),
+    /// Shell buffers received while input waits behind a backlog, each with
+    /// the offset its data starts at.
+    queued: VecDeque<(BytesMut, usize)>,
+    /// Shell buffers this connection is done with.
+    released: Vec<BytesMut>,
+    /// Held pieces smaller than this are copied rather than keep a shell
+    /// buffer from going back (set by the shell with each release).
+    min_pin: usize,
 }
+
+/// Scratch an adopted buffer needs in front of its data: room for a carried
+/// partial control frame (at most 2 + 4 + 125 bytes) or header, and for a
+/// server header written before a payload that starts the buffer. With less,
+/// the buffer's data is copied instead.
+pub const ADOPT_HEADROOM: usize = 160;
 
 impl ReadBuffer {
     pub fn new(sizing: ReadSizing) -> ReadBuffer {
@@ -65,6 +96,11 @@ impl ReadBuffer {
             sizing,
             offered: 0,
             carried: 0,
+            adopted: false,
+            adopted_range: (0, 0),
+            queued: VecDeque::new(),
+            released: Vec::new(),
+            min_pin: 0,
         }
     }
 
@@ -100,6 +136,9 @@ impl ReadBuffer {
         out: &mut OutQueue,
         at_least: usize,
     ) -> BytesMut {
+        // A shell buffer is never grown: what is left of it moves to a
+        // buffer of our own first.
+        self.make_own(out);
         if self.pos == self.buf.len() && self.held.is_none() {
             self.buf.clear();
             self.pos = 0;
@@ -146,6 +185,172 @@ impl ReadBuffer {
         }
     }
 
+    /// Take over a shell's buffer whose data starts at `data_at`; the bytes
+    /// before it are scratch this buffer may overwrite. Input left in the
+    /// current buffer (a partial header or control frame) is copied in front
+    /// of the data; a frame echoed whole keeps its pieces where they are.
+    /// Behind a backlog the buffer waits its turn.
+    pub fn adopt(&mut self, buf: BytesMut, data_at: usize, out: &mut OutQueue) {
+        let data_at = data_at.min(buf.len());
+        if !self.queued.is_empty() || self.unprocessed_len() > ADOPT_HEADROOM - HEADROOM {
+            self.queued.push_back((buf, data_at));
+            return;
+        }
+        self.switch_to(buf, data_at, out);
+    }
+
+    /// Make the next queued buffer current, if the current one is used up.
+    fn next_queued(&mut self, out: &mut OutQueue) -> bool {
+        if self.unprocessed_len() > ADOPT_HEADROOM - HEADROOM {
+            return false;
+        }
+        match self.queued.pop_front() {
+            Some((buf, data_at)) => {
+                self.switch_to(buf, data_at, out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The pieces so far of a frame echoed whole stay where they are, as a
+    /// held slice of the current buffer, unless a shell buffer would be
+    /// pinned for a few bytes: those are copied.
+    fn cut_held(&mut self, out: &mut OutQueue) {
+        let Some(from) = self.held.take() else {
+            return;
+        };
+        if self.adopted && self.pos - from < self.min_pin {
+            out.push_part_copy(self.buf.get(from..self.pos).unwrap_or_default());
+            self.buf.advance(self.pos);
+            self.pos = 0;
+        } else {
+            let part = self.cut(from, self.pos);
+            out.push_part(part);
+        }
+    }
+
+    fn switch_to(&mut self, mut buf: BytesMut, data_at: usize, out: &mut OutQueue) {
+        self.cut_held(out);
+        let left = self.unprocessed_len();
+        if left + HEADROOM > data_at {
+            // No room in front: keep going in a buffer of our own, with a
+            // copy of the data.
+            self.make_own(out);
+            self.buf
+                .extend_from_slice(buf.get(data_at..).unwrap_or_default());
+            self.carried += (buf.len() - data_at) as u64;
+            self.released.push(buf);
+            return;
+        }
+        let start = data_at - left;
+        if let (Some(to), Some(from)) = (buf.get_mut(start..data_at), self.buf.get(self.pos..)) {
+            to.copy_from_slice(from);
+        }
+        self.carried += left as u64;
+        self.retire();
+        self.adopted_range = (
+            buf.as_ptr() as usize,
+            buf.as_ptr() as usize + buf.capacity(),
+        );
+        self.buf = buf;
+        self.pos = start;
+        self.adopted = true;
+    }
+
+    /// Give the current shell buffer back if processing is done with it:
+    /// the pieces of a frame echoed whole stay in it as held slices, and a
+    /// partial header moves to a few bytes of our own. Queued echo that
+    /// points into it and is smaller than `min_pin` is copied, so a peer
+    /// that does not read cannot pin a whole shell buffer per tiny echo.
+    /// Returns the bytes so copied.
+    pub fn release_current(&mut self, out: &mut OutQueue, min_pin: usize) -> usize {
+        if !self.queued.is_empty() || self.unprocessed_len() > ADOPT_HEADROOM - HEADROOM {
+            return 0;
+        }
+        if !self.adopted {
+            // Our own buffer (the handshake's) is freed once it is used up.
+            if self.unprocessed_len() == 0 && self.held.is_none() && self.buf.capacity() > 0 {
+                self.buf = BytesMut::new();
+                self.pos = 0;
+            }
+            return 0;
+        }
+        let range = self.adopted_range;
+        self.min_pin = min_pin;
+        self.make_own(out);
+        out.compact(range, min_pin)
+    }
+
+    /// Move the current shell buffer's remains to a buffer of our own: its
+    /// held pieces are cut off, unprocessed input is copied behind scratch
+    /// for a server header, and the shell buffer is released.
+    fn make_own(&mut self, out: &mut OutQueue) {
+        if !self.adopted {
+            return;
+        }
+        self.cut_held(out);
+        let left = self.buf.get(self.pos..).unwrap_or_default();
+        let mut own = BytesMut::new();
+        if !left.is_empty() {
+            own.reserve(HEADROOM + left.len());
+            own.put_bytes(0, HEADROOM);
+            own.extend_from_slice(left);
+            self.carried += left.len() as u64;
+        }
+        let pos = own.len() - left.len();
+        self.retire();
+        self.buf = own;
+        self.pos = pos;
+    }
+
+    /// Let go of the current buffer: a shell's goes back, our own is freed.
+    fn retire(&mut self) {
+        let old = std::mem::take(&mut self.buf);
+        if std::mem::take(&mut self.adopted) {
+            self.released.push(old);
+        }
+        self.pos = 0;
+    }
+
+    /// A shell buffer whose data is not wanted goes straight back.
+    pub fn discard(&mut self, buf: BytesMut) {
+        self.released.push(buf);
+    }
+
+    /// Copy a shell buffer's data onto the end of the input (a handshake
+    /// request, which is parsed whole) and give the buffer back.
+    pub fn absorb(&mut self, buf: BytesMut, data_at: usize, out: &mut OutQueue) {
+        self.make_own(out);
+        self.buf
+            .extend_from_slice(buf.get(data_at..).unwrap_or_default());
+        self.released.push(buf);
+    }
+
+    /// Every shell buffer this connection holds goes back now (it is
+    /// closing; echo still queued keeps its slices alive until it is
+    /// dropped).
+    pub fn release_all(&mut self) {
+        self.held = None;
+        self.retire();
+        self.released.extend(self.queued.drain(..).map(|(b, _)| b));
+    }
+
+    /// Shell buffers this connection is done with, for the shell to reuse
+    /// once nothing points into them.
+    pub fn take_released(&mut self, into: &mut Vec<BytesMut>) {
+        into.append(&mut self.released);
+    }
+
+    /// Allocated bytes held: the current buffer and those queued.
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity() + self.queued.iter().map(|(b, _)| b.capacity()).sum::<usize>()
+    }
+
+    fn unprocessed_len(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
     /// Run the session over the unprocessed input, queueing what it produces,
     /// until the input runs out or the queue's cost reaches `budget`.
     /// On `Err` the session has failed; the caller queues its close frame.
@@ -168,6 +373,9 @@ impl ReadBuffer {
                     self.buf.advance(keep);
                     self.pos = step.next - keep;
                     self.held = self.held.map(|_| 0);
+                    if self.next_queued(out) {
+                        continue;
+                    }
                     return Ok(Flow::NeedMore);
                 }
                 Event::Nothing => self.pos = step.next,
@@ -206,6 +414,8 @@ impl ReadBuffer {
                     self.buf.clear();
                     self.pos = 0;
                     self.held = None;
+                    // Nothing after the close is read (§5.5.1).
+                    self.released.extend(self.queued.drain(..).map(|(b, _)| b));
                     return Ok(Flow::PeerClosed);
                 }
             }
