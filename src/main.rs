@@ -88,9 +88,21 @@ OPTIONS (defaults are safe on the open internet):
     --no-ring-tuning           Do not ask for tuned rings (by default SINGLE_ISSUER
                                with DEFER_TASKRUN for --io ring, COOP_TASKRUN for
                                --io tokio-uring, each falling back when refused)
-    --no-direct-send           Always write through io_uring (by default an echo
-                               is first sent with one non-blocking sendmsg, and
-                               only what the socket cannot take goes to the ring)
+    --recv-pool SIZE           --io ring: memory per shard for the receive
+                               buffers its connections share (an io_uring
+                               provided-buffer ring), so an idle connection
+                               holds none. It starts at 64 buffers and grows
+                               with the data in flight up to this; past it,
+                               a connection receives into a buffer of its own
+                               until buffers come back. 0: every connection
+                               has its own [default: 8MiB]
+    --recv-buffer SIZE         --io ring: size of each of those buffers
+                               [default: 16KiB]
+    --no-direct-send           Always write through io_uring (by default output
+                               is sent with a plain non-blocking sendmsg first:
+                               every echo on --io tokio-uring, 4KiB or more
+                               at once on --io ring, where smaller echoes go
+                               out with the next io_uring_enter anyway)
     -h, --help                 Print this help
     -V, --version              Print the version
 
@@ -299,6 +311,18 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             "--ring-entries" => {
                 c.ring_entries =
                     count("--ring-entries", &value("--ring-entries")?, 8, 32768)? as u32
+            }
+            "--recv-pool" => {
+                let v = value("--recv-pool")?;
+                c.recv_pool = if v.trim() == "0" {
+                    0
+                } else {
+                    size("--recv-pool", &v)?.min(1 << 40) as usize
+                }
+            }
+            "--recv-buffer" => {
+                c.recv_buffer =
+                    size("--recv-buffer", &value("--recv-buffer")?)?.clamp(1024, 1 << 20) as usize
             }
             "--no-ring-tuning" => c.ring_tuning = false,
             "--no-direct-send" => c.direct_send = false,

@@ -2,6 +2,7 @@
 //! per-connection loop, buffers, timers and shutdown. Every protocol
 //! decision is the core's (`crate::protocol`); this module moves bytes.
 
+mod buf_ring;
 mod conn;
 mod context;
 mod epoll;
@@ -45,6 +46,11 @@ pub struct Config {
     pub ring_tuning: bool,
     /// Try a non-blocking send before queueing a ring write.
     pub direct_send: bool,
+    /// Memory per shard for the ring shell's provided-buffer ring; 0 gives
+    /// every connection a receive buffer of its own instead.
+    pub recv_pool: usize,
+    /// Size of each buffer in that ring.
+    pub recv_buffer: usize,
     /// Which I/O shell moves the bytes.
     pub io: Io,
 }
@@ -102,6 +108,8 @@ impl Default for Config {
             ring_entries: 1024,
             ring_tuning: true,
             direct_send: true,
+            recv_pool: 8 << 20,
+            recv_buffer: 16 << 10,
             io: Io::Auto,
         }
     }

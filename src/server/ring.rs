@@ -5,12 +5,22 @@
 //! the last turn queued and waits for completions (or the next sweep). Each
 //! completion is matched to its connection by `user_data` (a slab index and
 //! the operation), handed to the connection engine, and the engine's wishes
-//! become the next submissions: a receive into the engine's read buffer, a
-//! `writev` of the slices it wants sent. The engine decides everything else.
+//! become the next submissions. The engine decides everything else.
+//!
+//! - Receiving: a multishot receive per connection into the shard's
+//!   provided-buffer ring (`buf_ring`), so an idle connection holds no
+//!   buffer; the engine echoes from the buffer in place and gives it back.
+//!   Backpressure cancels the receive; a byte limit on it bounds what a fast
+//!   peer can land before the cancel does. When the ring runs dry, the
+//!   connection receives into a buffer of its own until buffers come back.
+//! - Sending: small output as a MSG_DONTWAIT send that completes inside the
+//!   next enter (so a turn that echoes and waits stays one system call),
+//!   large output with a plain `sendmsg` at once, a full socket with a poll.
 //!
 //! Every buffer the kernel reads or writes lives in the connection's slot
-//! until its completion arrives, and a slot is freed only when nothing is in
-//! flight on it: that is what makes each submission below sound.
+//! or the shard's pool until its completion arrives, and a slot is freed
+//! only when nothing is in flight on it: that is what makes each submission
+//! below sound.
 
 use std::io;
 use std::net::TcpStream;
@@ -22,6 +32,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use uring::{cqueue, opcode, squeue, types, IoUring};
 
+use super::buf_ring::{self, BufRing};
 use super::socket::{out_of_resources, send_now};
 use super::stats::{AllStats, ShardStats};
 use super::{http, Config};
@@ -41,6 +52,8 @@ const OP_WAKE: u64 = 3;
 const OP_CANCEL: u64 = 4;
 /// A poll for room in the socket's send buffer.
 const OP_WRITABLE: u64 = 5;
+/// A multishot receive into the shard's provided-buffer ring.
+const OP_RECV_MULTI: u64 = 6;
 const OP_BITS: u32 = 3;
 
 /// Sends carry MSG_DONTWAIT, so the kernel never parks them: each one
@@ -124,8 +137,13 @@ impl Outgoing {
 struct Slot {
     stream: TcpStream,
     conn: Connection,
-    /// The buffer a receive in flight writes into.
+    /// The connection's own buffer a receive in flight writes into (when
+    /// the shard's buffer ring is off or ran dry).
     recv: Option<BytesMut>,
+    /// A multishot receive into the shard's buffer ring is armed.
+    recv_multi: bool,
+    /// Its cancellation is on the way (backpressure stopped reading).
+    recv_cancelling: bool,
     /// The slices, iovecs and msghdr a send in flight reads.
     send: Option<Box<Outgoing>>,
     /// The last send found the socket buffer full: poll for room before
@@ -145,6 +163,9 @@ struct Shard {
     stats: Arc<ShardStats>,
     all_stats: Arc<AllStats>,
     ring: IoUring,
+    /// Receive buffers shared by the shard's connections; declared after
+    /// `ring` so the ring is gone first.
+    pool: Option<BufRing>,
     listen_fd: RawFd,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
@@ -161,6 +182,11 @@ struct Shard {
     /// msghdr at a fixed address, and reuse should not re-box.
     #[allow(clippy::vec_box)]
     outgoing: Vec<Box<Outgoing>>,
+    /// Bytes a multishot receive may take before it ends and is re-armed
+    /// (Linux 6.17+; `None` once the kernel refused the limit): input a
+    /// connection has not processed stays within it, however fast the peer
+    /// sends before backpressure cancels the receive.
+    recv_limit: Option<u32>,
     /// Sends pushed since the completion queue was last reaped: each posts
     /// its completion during the submitting enter (see [`SEND_FLAGS`]).
     sends_unreaped: u32,
@@ -224,8 +250,23 @@ pub(crate) fn start(
                 return;
             }
         };
+        let pool = match cfg.recv_pool {
+            0 => None,
+            budget => match BufRing::new(&ring, cfg.recv_buffer, budget) {
+                Ok(pool) => Some(pool),
+                Err(e) => {
+                    eprintln!(
+                        "ringecho: shard {id}: no provided-buffer ring ({e}); \
+                         each connection receives into a buffer of its own"
+                    );
+                    None
+                }
+            },
+        };
         let _ = ready.send(Ok(id));
+        let recv_limit = cfg.engine.read_sizing.max.clamp(1, u32::MAX as usize) as u32;
         let mut shard = Shard {
+            pool,
             id,
             engine: Arc::new(cfg.engine.clone()),
             stats: all_stats.0.get(id).cloned().unwrap_or_default(),
@@ -244,6 +285,7 @@ pub(crate) fn start(
             wake_buf: Box::new([0; 8]),
             wake_armed: false,
             outgoing: Vec::new(),
+            recv_limit: Some(recv_limit),
             sends_unreaped: 0,
         };
         shard.run();
@@ -255,6 +297,25 @@ pub(crate) fn start(
 
 /// Where a shard reports whether it started.
 pub(crate) type Ready = std::sync::mpsc::Sender<Result<usize, String>>;
+
+/// Give a multishot receive a total byte limit: the kernel ends it (a
+/// completion without IORING_CQE_F_MORE) once that much has been received.
+/// The `io-uring` crate has no setter for it; it is the submission entry's
+/// `optlen` field.
+fn with_total_limit(entry: squeue::Entry, limit: u32) -> squeue::Entry {
+    const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+    /// Offset of `optlen` in `struct io_uring_sqe` (the union after
+    /// `personality`), in include/uapi/linux/io_uring.h.
+    const OPTLEN: usize = 44;
+    // SAFETY: `Entry` is `repr(C)` around the kernel's 64-byte
+    // `io_uring_sqe` (asserted above), plain integers with every byte
+    // initialised (the crate builds each entry from a zeroed sqe), so it
+    // may be viewed as bytes and any bytes make a valid one back.
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(entry) };
+    raw[OPTLEN..OPTLEN + 4].copy_from_slice(&limit.to_ne_bytes());
+    // SAFETY: as above.
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
+}
 
 fn user_data(slot: usize, op: u64) -> u64 {
     ((slot as u64) << OP_BITS) | op
@@ -312,6 +373,13 @@ impl Shard {
             );
             for &(ud, res, flags) in &completions {
                 self.complete(ud, res, flags, now);
+            }
+            if let Some(pool) = self.pool.as_mut() {
+                pool.maintain();
+                self.stats
+                    .recv_pool_bytes
+                    .set(pool.allocated_bytes() as u64);
+                self.stats.recv_pool_in_use.set(pool.outstanding() as u64);
             }
             if drain_deadline.is_none() && self.stopper.stop.load(Ordering::Acquire) {
                 drain_deadline = Some(now + self.cfg.drain_timeout);
@@ -416,6 +484,7 @@ impl Shard {
                 }
                 self.drive(slot, now);
             }
+            OP_RECV_MULTI => self.received(slot, res, flags, now),
             OP_SEND => {
                 let Some(Some(s)) = self.slots.get_mut(slot) else {
                     return;
@@ -451,6 +520,61 @@ impl Shard {
             }
             _ => {}
         }
+    }
+
+    /// A completion of the multishot receive of `slot`.
+    fn received(&mut self, slot: usize, res: i32, flags: u32, now: Instant) {
+        let buf = match (cqueue::buffer_select(flags), self.pool.as_mut()) {
+            (Some(id), Some(pool)) => pool.take(id, usize::try_from(res).unwrap_or(0)),
+            _ => None,
+        };
+        let Some(Some(s)) = self.slots.get_mut(slot) else {
+            if let (Some(buf), Some(pool)) = (buf, self.pool.as_mut()) {
+                pool.returned().push(buf);
+            }
+            return;
+        };
+        if !cqueue::more(flags) {
+            s.recv_multi = false;
+            s.recv_cancelling = false;
+        }
+        match (res, buf) {
+            (n, Some(buf)) if n > 0 => {
+                if s.closing {
+                    if let Some(pool) = self.pool.as_mut() {
+                        pool.returned().push(buf);
+                    }
+                } else {
+                    self.stats.bytes_in.add(n as u64);
+                    s.conn
+                        .handle_received(buf, crate::protocol::connection::ADOPT_HEADROOM, now);
+                    http::answer_pending(&mut s.conn, &self.all_stats);
+                }
+            }
+            (e, _) if e == -libc::ENOBUFS => {
+                // The ring ran dry: `drive` re-arms once it has buffers, or
+                // receives into the connection's own buffer meanwhile.
+                if let Some(pool) = self.pool.as_mut() {
+                    pool.note_starved();
+                }
+            }
+            (e, _) if e == -libc::ECANCELED => {}
+            (e, _) if e == -libc::EINVAL && self.recv_limit.is_some() => {
+                // A kernel before 6.17 reads the limit's field as a
+                // descriptor slot and refuses it: receive without one.
+                self.recv_limit = None;
+            }
+            (_, buf) => {
+                // The end of the stream, or an error that ends it.
+                if let (Some(buf), Some(pool)) = (buf, self.pool.as_mut()) {
+                    pool.returned().push(buf);
+                }
+                if !s.closing {
+                    s.conn.handle_eof(now);
+                }
+            }
+        }
+        self.drive(slot, now);
     }
 
     fn accepted(&mut self, res: i32, flags: u32, now: Instant) {
@@ -494,6 +618,8 @@ impl Shard {
             stream,
             conn: Connection::new(self.engine.clone(), now),
             recv: None,
+            recv_multi: false,
+            recv_cancelling: false,
             send: None,
             socket_full: false,
             awaiting_room: false,
@@ -591,7 +717,28 @@ impl Shard {
             if s.conn.poll_shutdown_write() {
                 let _ = s.stream.shutdown(std::net::Shutdown::Write);
             }
-            if !s.conn.is_done() && s.recv.is_none() && s.conn.wants_read() {
+            let wants_read = !s.conn.is_done() && s.conn.wants_read();
+            let ring_ready = self.pool.as_ref().is_some_and(|p| p.available() > 0);
+            if s.recv_multi && !wants_read && !s.recv_cancelling {
+                // Backpressure: stop receiving. Buffers that land before
+                // the cancel does wait in the engine.
+                s.recv_cancelling = true;
+                push[1] = Some(
+                    opcode::AsyncCancel::new(user_data(i, OP_RECV_MULTI))
+                        .build()
+                        .user_data(user_data(i, OP_CANCEL)),
+                );
+            } else if wants_read && s.recv.is_none() && !s.recv_multi && ring_ready {
+                s.recv_multi = true;
+                let entry =
+                    opcode::RecvMulti::new(types::Fd(s.stream.as_raw_fd()), buf_ring::GROUP)
+                        .build()
+                        .user_data(user_data(i, OP_RECV_MULTI));
+                push[1] = Some(match self.recv_limit {
+                    Some(limit) => with_total_limit(entry, limit),
+                    None => entry,
+                });
+            } else if wants_read && s.recv.is_none() && !s.recv_multi {
                 let mut buf = s.conn.read_buffer();
                 let spare = buf.spare_capacity_mut();
                 push[1] = Some(
@@ -611,6 +758,11 @@ impl Shard {
             while let Some(event) = s.conn.poll_event() {
                 self.stats.count(event);
             }
+        }
+        if let Some(pool) = self.pool.as_mut() {
+            let min_pin = pool.min_pin();
+            let copied = s.conn.release_buffers(pool.returned(), min_pin);
+            self.stats.copied_bytes.add(copied as u64);
         }
         let (done, closing) = (s.conn.is_done(), s.closing);
         for entry in push.into_iter().flatten() {
@@ -636,8 +788,11 @@ impl Shard {
             s.closing = true;
             let _ = s.stream.shutdown(std::net::Shutdown::Both);
         }
-        if s.recv.is_none() && s.send.is_none() && !s.awaiting_room {
-            if let Some(s) = self.slots[i].take() {
+        if s.recv.is_none() && !s.recv_multi && s.send.is_none() && !s.awaiting_room {
+            if let Some(mut s) = self.slots[i].take() {
+                if let Some(pool) = self.pool.as_mut() {
+                    s.conn.release_all(pool.returned());
+                }
                 self.stats.copied_bytes.add(s.conn.carried_bytes());
                 self.live -= 1;
                 self.stats.active.sub(1);

@@ -24,6 +24,9 @@ impl Counter {
             Ordering::Relaxed,
         );
     }
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -95,15 +98,25 @@ stats! {
     bytes_out,
     /// Echo bytes queued (headers included), all sent in place.
     echo_bytes,
-    /// Bytes the shell copied in user space: partial frame headers (and
-    /// partial control frames) carried into a new read allocation. Data
-    /// payload is never copied, so this stays tiny.
+    /// Bytes copied in user space: partial frame headers (and partial
+    /// control frames) carried into a new read buffer, and, with the ring
+    /// shell's shared receive buffers, small pieces copied out of a buffer
+    /// so that it can be reused (echo a peer is not reading, or a few bytes
+    /// of a frame still arriving). Echo that goes out at once is never
+    /// copied.
     copied_bytes,
     /// io_uring_enter calls made by the ring shell's loop (each submits and
     /// waits): with `direct_sends`, the system calls on the data path.
     ring_enters,
     /// Echoes sent with a non-blocking sendmsg before any ring write.
     direct_sends,
+    /// Bytes of receive buffers the ring shell's shard has allocated (its
+    /// provided-buffer ring; grows with the data in flight, up to
+    /// --recv-pool).
+    recv_pool_bytes,
+    /// Of those buffers, how many are out of the ring now: held by
+    /// connections or waiting for their echo to be written.
+    recv_pool_in_use,
 }
 
 /// Every shard's counters, shared by all shards so any of them can report.
