@@ -308,6 +308,14 @@ impl Connection {
         copied
     }
 
+    /// Give back the memory of empty queues (call now and then, e.g. from a
+    /// shell's timer sweep: an idle connection then holds only this struct
+    /// and no allocation, while a busy one keeps its queues between echoes).
+    pub fn shrink_idle(&mut self) {
+        self.out.shrink_idle();
+        self.rb.shrink_idle();
+    }
+
     /// The connection is being dropped: every shell buffer it holds goes
     /// into `into` (echo still queued is dropped with the engine).
     pub fn release_all(&mut self, into: &mut Vec<BytesMut>) {

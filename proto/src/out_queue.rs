@@ -69,8 +69,10 @@ pub struct OutQueue {
     /// Pongs to send at the next frame boundary, oldest first.
     pongs: VecDeque<ControlFrame>,
     /// A server ping to send (idle probe).
-    ping: Option<ControlFrame>,
-    close: Option<(ControlFrame, CloseOrder)>,
+    /// Boxed, like `close`: rare, and an idle connection should not carry
+    /// room for them inline.
+    ping: Option<Box<ControlFrame>>,
+    close: Option<Box<(ControlFrame, CloseOrder)>>,
     /// The front chunk's frame is partly on the wire.
     front_mid_frame: bool,
     /// Raw (HTTP) chunks queued and not fully written: nothing may be put
@@ -166,7 +168,7 @@ impl OutQueue {
     }
 
     pub fn push_ping(&mut self, frame: ControlFrame) {
-        self.ping = Some(frame);
+        self.ping = Some(Box::new(frame));
     }
 
     /// Queue a close frame; only the first one counts. Ahead of data, the
@@ -176,7 +178,20 @@ impl OutQueue {
             if order == CloseOrder::AheadOfData {
                 self.drop_partial();
             }
-            self.close = Some((frame, order));
+            self.close = Some(Box::new((frame, order)));
+        }
+    }
+
+    /// Free the queue's allocations if it is empty (an idle connection).
+    pub fn shrink_idle(&mut self) {
+        if self.q.is_empty() {
+            self.q = VecDeque::new();
+        }
+        if self.pongs.is_empty() {
+            self.pongs = VecDeque::new();
+        }
+        if self.partial.is_empty() {
+            self.partial = Vec::new();
         }
     }
 
@@ -222,10 +237,10 @@ impl OutQueue {
     /// Fill `batch` with up to `max` slices to write next, control frames
     /// at the first frame boundary. Nothing is copied.
     pub fn fill_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) {
-        let ahead = matches!(self.close, Some((_, CloseOrder::AheadOfData)));
+        let ahead = matches!(self.close.as_deref(), Some((_, CloseOrder::AheadOfData)));
         if !self.close_queued && !ahead && (!self.pongs.is_empty() || self.ping.is_some()) {
             let pongs = std::mem::take(&mut self.pongs);
-            let controls = pongs.into_iter().chain(self.ping.take());
+            let controls = pongs.into_iter().chain(self.ping.take().map(|p| *p));
             for (at, frame) in (self.boundary()..).zip(controls) {
                 let bytes = Bytes::copy_from_slice(frame.as_bytes());
                 self.cost += bytes.len() + ENTRY_COST;
@@ -239,7 +254,7 @@ impl OutQueue {
                 );
             }
         }
-        if let Some((frame, order)) = self.close.take() {
+        if let Some((frame, order)) = self.close.take().map(|c| *c) {
             self.pongs.clear();
             self.ping = None;
             if order == CloseOrder::AheadOfData {
@@ -469,5 +484,21 @@ mod tests {
             out.advance(batch.iter().map(|b| b.len()).sum());
         }
         assert!(out.q.capacity() <= KEEP_ENTRIES, "{}", out.q.capacity());
+    }
+
+    #[test]
+    fn an_idle_queue_gives_its_allocations_back_and_a_busy_one_keeps_them() {
+        let mut out = OutQueue::new();
+        for _ in 0..10 {
+            out.push_frame(Bytes::from_static(b"abc"));
+        }
+        out.push_pong(ControlFrame::pong(b"p"));
+        out.shrink_idle();
+        assert!(out.q.capacity() >= 10, "queued output is kept");
+        drain(&mut out);
+        assert!(out.q.capacity() > 0);
+        out.shrink_idle();
+        assert_eq!(out.q.capacity(), 0);
+        assert_eq!(out.pongs.capacity(), 0);
     }
 }

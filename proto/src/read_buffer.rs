@@ -342,6 +342,16 @@ impl ReadBuffer {
         into.append(&mut self.released);
     }
 
+    /// Free bookkeeping allocations an idle connection does not need.
+    pub fn shrink_idle(&mut self) {
+        if self.released.is_empty() {
+            self.released = Vec::new();
+        }
+        if self.queued.is_empty() {
+            self.queued = VecDeque::new();
+        }
+    }
+
     /// Allocated bytes held: the current buffer and those queued.
     pub fn held_bytes(&self) -> usize {
         self.buf.capacity() + self.queued.iter().map(|(b, _)| b.capacity()).sum::<usize>()

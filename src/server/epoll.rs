@@ -276,6 +276,9 @@ impl Shard {
     /// Wake every connection whose engine deadline has passed.
     fn sweep(&mut self, now: Instant) {
         for i in 0..self.conns.len() {
+            if let Some(Some(c)) = self.conns.get_mut(i) {
+                c.conn.shrink_idle();
+            }
             let due = self.conns[i]
                 .as_ref()
                 .and_then(|c| c.conn.poll_timeout())

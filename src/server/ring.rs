@@ -810,6 +810,7 @@ impl Shard {
             if s.closing {
                 continue;
             }
+            s.conn.shrink_idle();
             if s.conn.poll_timeout().is_some_and(|d| d <= now) {
                 s.conn.handle_timeout(now);
                 self.drive(i, now);

@@ -418,3 +418,10 @@ fn a_frame_trickled_byte_by_byte_pins_no_pool_buffer_and_is_one_frame() {
     wire.extend(s.pump(rest, &[1]));
     assert_eq!(frames(&wire), vec![(0x82, payload)]);
 }
+/// Idle connections at 19,000 per process are mostly this struct: its
+/// size is the bulk of the ring shell's memory per idle connection.
+#[test]
+fn an_engine_is_small_enough_for_an_idle_connection_to_cost_under_1_kib() {
+    let size = std::mem::size_of::<Connection>();
+    assert!(size <= 640, "Connection is {size} bytes");
+}
