@@ -21,6 +21,7 @@ use bytes::BytesMut;
 use uring::types::BufRingEntry;
 
 use crate::protocol::connection::ADOPT_HEADROOM;
+use crate::protocol::frame::MAX_CLIENT_HEADER;
 
 /// The buffer group id of the shard's ring (one ring per io_uring).
 pub(crate) const GROUP: u16 = 0;
@@ -36,7 +37,11 @@ pub(crate) struct BufRing {
     /// Our producer index; published to the kernel by `publish`.
     tail: u16,
     published: u16,
-    /// Size of each buffer, headroom included.
+    /// Bytes each buffer receives into.
+    room: usize,
+    /// Size of each allocation: the room, plus headroom in front of it for
+    /// the engine, plus room for a frame header, so that a message of
+    /// `room` bytes (a 16 KiB one, say) fits one buffer with its header.
     size: usize,
     /// Most buffers the budget allows.
     budget: usize,
@@ -51,11 +56,12 @@ pub(crate) struct BufRing {
 }
 
 impl BufRing {
-    /// Register a ring for up to `budget` bytes of buffers of `size` bytes
-    /// with `ring`.
-    pub fn new(ring: &uring::IoUring, size: usize, budget: usize) -> io::Result<BufRing> {
-        let size = size.max(ADOPT_HEADROOM * 2);
-        let budget = (budget / size).clamp(1, 1 << 15);
+    /// Register a ring for up to `budget` bytes of buffers that receive
+    /// `room` bytes each with `ring`.
+    pub fn new(ring: &uring::IoUring, room: usize, budget: usize) -> io::Result<BufRing> {
+        let room = room.max(ADOPT_HEADROOM);
+        let size = ADOPT_HEADROOM + room + MAX_CLIENT_HEADER;
+        let budget = (budget / room).clamp(1, 1 << 15);
         let entries = budget.next_power_of_two();
         let layout = Layout::from_size_align(entries * std::mem::size_of::<BufRingEntry>(), 4096)
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -82,6 +88,7 @@ impl BufRing {
             mask: (entries - 1) as u16,
             tail: 0,
             published: 0,
+            room,
             size,
             budget,
             in_ring: (0..entries).map(|_| None).collect(),
@@ -102,7 +109,7 @@ impl BufRing {
 
     /// Pieces of a buffer smaller than this are copied rather than pin it.
     pub fn min_pin(&self) -> usize {
-        self.size / 2
+        self.room / 2
     }
 
     /// Buffers in use by engines or waiting for their echo (for /stats).
@@ -110,8 +117,10 @@ impl BufRing {
         self.allocated - self.available()
     }
 
+    /// Receive room allocated, the measure `--recv-pool` bounds (each
+    /// buffer carries `ADOPT_HEADROOM` and a frame header's worth more).
     pub fn allocated_bytes(&self) -> usize {
-        self.allocated * self.size
+        self.allocated * self.room
     }
 
     /// A receive completed into buffer `id` with `n` bytes: the buffer,
