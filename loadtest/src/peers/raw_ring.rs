@@ -37,6 +37,8 @@ struct Conn {
     pending: VecDeque<(u16, usize, usize)>,
     sending: bool,
     receiving: bool,
+    /// The peer's stream ended (or failed): receive no more.
+    eof: bool,
     /// The last MSG_DONTWAIT send found the socket full: the next one waits
     /// in the kernel for room.
     full: bool,
@@ -187,7 +189,7 @@ pub fn run(p: &PeerArgs) -> Result<(), String> {
     announce(listener.local_addr().map_err(|e| e.to_string())?);
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
-    // Connections whose receive ended for want of buffers.
+    // Connections whose receive ended while their stream goes on.
     let mut starved: Vec<usize> = Vec::new();
     let accept = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
         .build()
@@ -234,6 +236,7 @@ pub fn run(p: &PeerArgs) -> Result<(), String> {
                     sending: false,
                     receiving: false,
                     full: false,
+                    eof: false,
                 });
                 arm_recv(&mut ring, slot, c);
                 continue;
@@ -248,8 +251,9 @@ pub fn run(p: &PeerArgs) -> Result<(), String> {
                 }
                 match (res, cqueue::buffer_select(flags)) {
                     (n, Some(id)) if n > 0 => c.pending.push_back((id, 0, n as usize)),
-                    (e, _) if e == -libc::ENOBUFS => starved.push(slot),
+                    (e, _) if e == -libc::ENOBUFS => {}
                     (_, id) => {
+                        c.eof = true;
                         if let Some(id) = id {
                             pool.provide(id);
                         }
@@ -272,6 +276,7 @@ pub fn run(p: &PeerArgs) -> Result<(), String> {
                     // Full: the next send waits in the kernel for room.
                     e if e == -libc::EAGAIN => {}
                     _ => {
+                        c.eof = true;
                         let _ = c.stream.shutdown(std::net::Shutdown::Both);
                         for (id, _, _) in c.pending.drain(..) {
                             pool.provide(id);
@@ -279,16 +284,18 @@ pub fn run(p: &PeerArgs) -> Result<(), String> {
                     }
                 }
             }
-            if !c.sending && c.receiving {
+            if !c.sending {
                 dontwait += echo(&mut ring, &mut pool, slot, c);
-            } else if !c.sending && !c.receiving && c.pending.is_empty() && !starved.contains(&slot)
-            {
-                // Receive over and everything written: the connection is
-                // done, and nothing of its is in flight.
+            }
+            if !c.receiving && !c.eof {
+                // The receive ended without the stream ending (the ring ran
+                // dry, or the kernel stopped it): arm it again this turn.
+                starved.push(slot);
+            } else if !c.receiving && !c.sending && c.pending.is_empty() {
+                // The stream is over and everything written: nothing of the
+                // connection is in flight.
                 conns[slot] = None;
                 free.push(slot);
-            } else if !c.sending {
-                dontwait += echo(&mut ring, &mut pool, slot, c);
             }
         }
         for slot in std::mem::take(&mut starved) {
