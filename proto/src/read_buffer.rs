@@ -82,8 +82,10 @@ pub struct ReadBuffer {
 
 /// Scratch an adopted buffer needs in front of its data: room for a carried
 /// partial control frame (at most 2 + 4 + 125 bytes) or header, and for a
-/// server header written before a payload that starts the buffer. With less,
-/// the buffer's data is copied instead.
+/// server header written before a payload that starts the buffer. A shell
+/// may hand out views with no headroom (incremental provided buffers): the
+/// engine then writes streamed headers apart, and only when a partial header
+/// must be carried into such a view is the view's data copied instead.
 pub const ADOPT_HEADROOM: usize = 160;
 
 impl ReadBuffer {
@@ -233,9 +235,10 @@ impl ReadBuffer {
     fn switch_to(&mut self, mut buf: BytesMut, data_at: usize, out: &mut OutQueue) {
         self.cut_held(out);
         let left = self.unprocessed_len();
-        if left + HEADROOM > data_at {
-            // No room in front: keep going in a buffer of our own, with a
-            // copy of the data.
+        if left > 0 && left + HEADROOM > data_at {
+            // A partial header to carry and no room in front of the data
+            // for it (a shell that hands out views without headroom): keep
+            // going in a buffer of our own, with a copy of the data.
             self.make_own(out);
             self.buf
                 .extend_from_slice(buf.get(data_at..).unwrap_or_default());

@@ -9,6 +9,15 @@
 //! `BytesMut` view reclaims the whole allocation), so the kernel never
 //! writes under a send that is still reading it.
 //!
+//! Where the kernel has it (6.12+), the ring consumes buffers incrementally
+//! (IOU_PBUF_RING_INC): each receive takes only the bytes it needs from the
+//! buffer at the head, and the next receive, from any connection, goes on
+//! in the same buffer. Ten thousand connections sending 20 B each then fill
+//! a few buffers instead of taking one each. Each receive is handed out as
+//! its own view of the buffer; the buffer goes back once the kernel has
+//! moved past it and every view is gone. Without it, each receive takes a
+//! whole buffer, with headroom in front for the engine.
+//!
 //! The pool starts small and grows, up to its memory budget, only when the
 //! kernel runs short: memory follows the data in flight, not the number of
 //! connections. Past the budget, receives that find the ring empty end with
@@ -27,6 +36,9 @@ use crate::protocol::frame::MAX_CLIENT_HEADER;
 pub(crate) const GROUP: u16 = 0;
 /// Buffers allocated up front; the pool doubles from here on demand.
 const INITIAL: usize = 64;
+/// `IOU_PBUF_RING_INC` (include/uapi/linux/io_uring.h): consume buffers
+/// incrementally.
+const PBUF_RING_INC: u16 = 2;
 
 pub(crate) struct BufRing {
     /// The ring the kernel reads buffer addresses from: `entries` entries,
@@ -53,6 +65,9 @@ pub(crate) struct BufRing {
     allocated: usize,
     /// Receives that found the ring empty since the last `maintain`.
     starved: bool,
+    /// Buffers are consumed incrementally: `in_ring` holds, for each buffer
+    /// the kernel is filling, the view of what it has not filled yet.
+    incremental: bool,
 }
 
 impl BufRing {
@@ -60,7 +75,6 @@ impl BufRing {
     /// `room` bytes each with `ring`.
     pub fn new(ring: &uring::IoUring, room: usize, budget: usize) -> io::Result<BufRing> {
         let room = room.max(ADOPT_HEADROOM);
-        let size = ADOPT_HEADROOM + room + MAX_CLIENT_HEADER;
         let budget = (budget / room).clamp(1, 1 << 15);
         let entries = budget.next_power_of_two();
         let layout = Layout::from_size_align(entries * std::mem::size_of::<BufRingEntry>(), 4096)
@@ -73,9 +87,23 @@ impl BufRing {
         // SAFETY: `mem` is a zeroed, page-aligned array of `entries` ring
         // entries (a power of two, at most 2^15) that is never freed once
         // registered (see `Drop`).
-        let registered = unsafe {
+        let register = |flags| unsafe {
             ring.submitter()
-                .register_buf_ring_with_flags(mem as u64, entries as u16, GROUP, 0)
+                .register_buf_ring_with_flags(mem as u64, entries as u16, GROUP, flags)
+        };
+        let mut incremental = true;
+        let mut registered = register(PBUF_RING_INC);
+        if registered.is_err() {
+            incremental = false;
+            registered = register(0);
+        }
+        // Incremental buffers are cut into views back to back; whole ones
+        // keep headroom in front for the engine and room for a frame header
+        // behind, so a message of `room` bytes fits one.
+        let size = if incremental {
+            room
+        } else {
+            ADOPT_HEADROOM + room + MAX_CLIENT_HEADER
         };
         if let Err(e) = registered {
             // SAFETY: allocated above with this layout and not shared.
@@ -96,6 +124,7 @@ impl BufRing {
             returned: Vec::new(),
             allocated: 0,
             starved: false,
+            incremental,
         };
         pool.grow(INITIAL.min(budget));
         pool.publish();
@@ -109,7 +138,33 @@ impl BufRing {
 
     /// Pieces of a buffer smaller than this are copied rather than pin it.
     pub fn min_pin(&self) -> usize {
-        self.room / 2
+        self.room / 4
+    }
+
+    /// Where a received buffer's data starts: the engine's headroom, or 0
+    /// for an incremental view (the bytes before it are another receive's).
+    pub fn data_at(&self) -> usize {
+        if self.incremental {
+            0
+        } else {
+            ADOPT_HEADROOM
+        }
+    }
+
+    #[cfg(test)]
+    pub fn incremental(&self) -> bool {
+        self.incremental
+    }
+
+    /// Views of buffers a connection is done with. Whole buffers wait in
+    /// `returned` to be reused; incremental views are simply dropped, since
+    /// the buffer's own remaining view is what comes back.
+    pub fn give_back(&mut self, views: &mut Vec<BytesMut>) {
+        if self.incremental {
+            views.clear();
+        } else {
+            self.returned.append(views);
+        }
     }
 
     /// Buffers in use by engines or waiting for their echo (for /stats).
@@ -123,10 +178,27 @@ impl BufRing {
         self.allocated * self.room
     }
 
-    /// A receive completed into buffer `id` with `n` bytes: the buffer,
-    /// with its data at `ADOPT_HEADROOM`.
-    pub fn take(&mut self, id: u16, n: usize) -> Option<BytesMut> {
-        let mut buf = self.in_ring.get_mut(id as usize)?.take()?;
+    /// A receive completed into buffer `id` with `n` bytes; `more` is the
+    /// completion's IORING_CQE_F_BUF_MORE (the kernel goes on filling the
+    /// buffer). Returns the received bytes, at `data_at`.
+    pub fn take(&mut self, id: u16, n: usize, more: bool) -> Option<BytesMut> {
+        let slot = self.in_ring.get_mut(id as usize)?;
+        if self.incremental {
+            let rest = slot.as_mut()?;
+            // The kernel filled this buffer from its start, receive after
+            // receive, in completion order: these bytes follow the last.
+            let view = rest.split_to(n.min(rest.len()));
+            if !more {
+                // The kernel is done with it: it comes back once every view
+                // is gone.
+                if let Some(rest) = slot.take() {
+                    self.returned.push(rest);
+                }
+                self.free_ids.push(id);
+            }
+            return Some(view);
+        }
+        let mut buf = slot.take()?;
         self.free_ids.push(id);
         buf.truncate(ADOPT_HEADROOM + n);
         Some(buf)
@@ -135,11 +207,6 @@ impl BufRing {
     /// A receive found the ring empty.
     pub fn note_starved(&mut self) {
         self.starved = true;
-    }
-
-    /// Where engines put the buffers they are done with.
-    pub fn returned(&mut self) -> &mut Vec<BytesMut> {
-        &mut self.returned
     }
 
     /// Once per loop turn: buffers whose echo is written go back to the
@@ -195,10 +262,11 @@ impl BufRing {
         // overlays entry 0's reserved field, which the setters below do not
         // write.)
         let entry = unsafe { &mut *self.ring.add((self.tail & self.mask) as usize) };
-        // The kernel writes past the headroom: the engine needs scratch in
-        // front of the data.
-        entry.set_addr(buf.as_ptr() as u64 + ADOPT_HEADROOM as u64);
-        entry.set_len((self.size - ADOPT_HEADROOM) as u32);
+        // Whole buffers: the kernel writes past the headroom, scratch the
+        // engine needs in front of the data.
+        let skip = self.data_at();
+        entry.set_addr(buf.as_ptr() as u64 + skip as u64);
+        entry.set_len((self.size - skip) as u32);
         entry.set_bid(id);
         self.in_ring[id as usize] = Some(buf);
         self.tail = self.tail.wrapping_add(1);
@@ -242,11 +310,16 @@ mod tests {
     use uring::{cqueue, opcode, types, IoUring};
 
     /// A buffer the kernel filled comes back to the ring only once the last
-    /// slice cut from it is gone, and the kernel can fill it again.
+    /// view of it is gone, and the kernel can fill it again. With
+    /// incremental consumption (this kernel), two receives share a buffer.
     #[test]
     fn a_received_buffer_returns_to_the_ring_once_nothing_points_into_it() {
         let mut ring = IoUring::new(8).unwrap();
-        let mut pool = BufRing::new(&ring, 4096, 4 * 4096).unwrap();
+        let mut pool = BufRing::new(&ring, ADOPT_HEADROOM, 4 * ADOPT_HEADROOM).unwrap();
+        assert!(
+            pool.incremental(),
+            "Linux 6.12+ consumes buffers incrementally"
+        );
         assert_eq!(pool.available(), 4);
         let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let recv = opcode::RecvMulti::new(types::Fd(b.as_raw_fd()), GROUP).build();
@@ -254,26 +327,35 @@ mod tests {
         // pool's, which outlives the ring's use of it (it is leaked on drop).
         unsafe { ring.submission().push(&recv).unwrap() };
         ring.submit().unwrap();
-        let mut received = Vec::new();
-        for msg in [&b"hello"[..], b"world"] {
-            a.write_all(msg).unwrap();
+        let mut views = Vec::new();
+        let mut ids = Vec::new();
+        // 100 bytes, then 60: together they fill one 160-byte buffer.
+        for msg in [vec![1u8; 100], vec![2u8; 60]] {
+            a.write_all(&msg).unwrap();
             ring.submit_and_wait(1).unwrap();
             let cqe = ring.completion().next().unwrap();
             let id = cqueue::buffer_select(cqe.flags()).expect("a pool buffer");
-            let buf = pool.take(id, cqe.result() as usize).unwrap();
-            assert_eq!(&buf[ADOPT_HEADROOM..], msg);
-            received.push(buf);
+            let more = cqueue::buffer_more(cqe.flags());
+            let view = pool.take(id, cqe.result() as usize, more).unwrap();
+            assert_eq!(&view[..], &msg[..]);
+            views.push(view);
+            ids.push((id, more));
         }
-        assert_eq!(pool.available(), 2);
-        // An echo still points into the first buffer.
-        let mut first = received.remove(0);
-        let echo = first.split_off(ADOPT_HEADROOM).freeze();
-        pool.returned().push(first);
-        pool.returned().append(&mut received);
+        assert_eq!(ids[0].0, ids[1].0, "both receives landed in one buffer");
+        assert_eq!((ids[0].1, ids[1].1), (true, false), "filled, then retired");
+        assert_eq!(
+            views[1].as_ptr() as usize,
+            views[0].as_ptr() as usize + 100,
+            "back to back"
+        );
         pool.maintain();
-        assert_eq!(pool.available(), 3, "the pinned buffer stays out");
+        assert_eq!(pool.available(), 3, "a view still points into it");
         assert_eq!(pool.outstanding(), 1);
-        drop(echo);
+        let mut back = vec![views.remove(1)];
+        pool.give_back(&mut back);
+        pool.maintain();
+        assert_eq!(pool.outstanding(), 1);
+        drop(views);
         pool.maintain();
         assert_eq!(pool.available(), 4);
         assert_eq!(pool.outstanding(), 0);

@@ -51,6 +51,9 @@ pub struct Config {
     pub recv_pool: usize,
     /// Size of each buffer in that ring.
     pub recv_buffer: usize,
+    /// Receive into that ring with multishot receives instead of one
+    /// receive at a time.
+    pub recv_multishot: bool,
     /// Which I/O shell moves the bytes.
     pub io: Io,
 }
@@ -110,6 +113,7 @@ impl Default for Config {
             direct_send: true,
             recv_pool: 8 << 20,
             recv_buffer: 16 << 10,
+            recv_multishot: false,
             io: Io::Auto,
         }
     }

@@ -24,7 +24,7 @@
 
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -178,15 +178,12 @@ struct Shard {
     /// The eventfd read's target; boxed so its address is stable.
     wake_buf: Box<[u8; 8]>,
     wake_armed: bool,
+    /// Buffers connections hand back, on their way to the pool.
+    released: Vec<BytesMut>,
     /// Send states not in use, kept boxed: a send in flight needs its
     /// msghdr at a fixed address, and reuse should not re-box.
     #[allow(clippy::vec_box)]
     outgoing: Vec<Box<Outgoing>>,
-    /// Bytes a multishot receive may take before it ends and is re-armed
-    /// (Linux 6.17+; `None` once the kernel refused the limit): input a
-    /// connection has not processed stays within it, however fast the peer
-    /// sends before backpressure cancels the receive.
-    recv_limit: Option<u32>,
     /// Sends pushed since the completion queue was last reaped: each posts
     /// its completion during the submitting enter (see [`SEND_FLAGS`]).
     sends_unreaped: u32,
@@ -264,7 +261,6 @@ pub(crate) fn start(
             },
         };
         let _ = ready.send(Ok(id));
-        let recv_limit = cfg.engine.read_sizing.max.clamp(1, u32::MAX as usize) as u32;
         let mut shard = Shard {
             pool,
             id,
@@ -285,7 +281,7 @@ pub(crate) fn start(
             wake_buf: Box::new([0; 8]),
             wake_armed: false,
             outgoing: Vec::new(),
-            recv_limit: Some(recv_limit),
+            released: Vec::new(),
             sends_unreaped: 0,
         };
         shard.run();
@@ -297,25 +293,6 @@ pub(crate) fn start(
 
 /// Where a shard reports whether it started.
 pub(crate) type Ready = std::sync::mpsc::Sender<Result<usize, String>>;
-
-/// Give a multishot receive a total byte limit: the kernel ends it (a
-/// completion without IORING_CQE_F_MORE) once that much has been received.
-/// The `io-uring` crate has no setter for it; it is the submission entry's
-/// `optlen` field.
-fn with_total_limit(entry: squeue::Entry, limit: u32) -> squeue::Entry {
-    const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
-    /// Offset of `optlen` in `struct io_uring_sqe` (the union after
-    /// `personality`), in include/uapi/linux/io_uring.h.
-    const OPTLEN: usize = 44;
-    // SAFETY: `Entry` is `repr(C)` around the kernel's 64-byte
-    // `io_uring_sqe` (asserted above), plain integers with every byte
-    // initialised (the crate builds each entry from a zeroed sqe), so it
-    // may be viewed as bytes and any bytes make a valid one back.
-    let mut raw: [u8; 64] = unsafe { std::mem::transmute(entry) };
-    raw[OPTLEN..OPTLEN + 4].copy_from_slice(&limit.to_ne_bytes());
-    // SAFETY: as above.
-    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
-}
 
 fn user_data(slot: usize, op: u64) -> u64 {
     ((slot as u64) << OP_BITS) | op
@@ -417,11 +394,11 @@ impl Shard {
     /// # Safety
     /// Every buffer `entry` points to must stay valid, and unmoved, until its
     /// completion has been reaped.
-    unsafe fn push(&mut self, entry: squeue::Entry) {
+    unsafe fn push(&mut self, entry: squeue::Entry) -> bool {
         for _ in 0..64 {
             // SAFETY: the caller's promise, passed on.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                return;
+                return true;
             }
             self.stats.ring_enters.incr();
             let _ = self.ring.submit();
@@ -430,6 +407,7 @@ impl Shard {
         // and pushing on would spin. Leave the op unsubmitted; the engine's
         // timers end the connection.
         eprintln!("ringecho: shard {}: submission queue stuck", self.id);
+        false
     }
 
     fn arm_accept(&mut self) {
@@ -525,12 +503,16 @@ impl Shard {
     /// A completion of the multishot receive of `slot`.
     fn received(&mut self, slot: usize, res: i32, flags: u32, now: Instant) {
         let buf = match (cqueue::buffer_select(flags), self.pool.as_mut()) {
-            (Some(id), Some(pool)) => pool.take(id, usize::try_from(res).unwrap_or(0)),
+            (Some(id), Some(pool)) => pool.take(
+                id,
+                usize::try_from(res).unwrap_or(0),
+                cqueue::buffer_more(flags),
+            ),
             _ => None,
         };
         let Some(Some(s)) = self.slots.get_mut(slot) else {
             if let (Some(buf), Some(pool)) = (buf, self.pool.as_mut()) {
-                pool.returned().push(buf);
+                pool.give_back(&mut vec![buf]);
             }
             return;
         };
@@ -542,12 +524,12 @@ impl Shard {
             (n, Some(buf)) if n > 0 => {
                 if s.closing {
                     if let Some(pool) = self.pool.as_mut() {
-                        pool.returned().push(buf);
+                        pool.give_back(&mut vec![buf]);
                     }
                 } else {
                     self.stats.bytes_in.add(n as u64);
-                    s.conn
-                        .handle_received(buf, crate::protocol::connection::ADOPT_HEADROOM, now);
+                    let data_at = self.pool.as_ref().map_or(0, BufRing::data_at);
+                    s.conn.handle_received(buf, data_at, now);
                     http::answer_pending(&mut s.conn, &self.all_stats);
                 }
             }
@@ -559,15 +541,10 @@ impl Shard {
                 }
             }
             (e, _) if e == -libc::ECANCELED => {}
-            (e, _) if e == -libc::EINVAL && self.recv_limit.is_some() => {
-                // A kernel before 6.17 reads the limit's field as a
-                // descriptor slot and refuses it: receive without one.
-                self.recv_limit = None;
-            }
             (_, buf) => {
                 // The end of the stream, or an error that ends it.
                 if let (Some(buf), Some(pool)) = (buf, self.pool.as_mut()) {
-                    pool.returned().push(buf);
+                    pool.give_back(&mut vec![buf]);
                 }
                 if !s.closing {
                     s.conn.handle_eof(now);
@@ -730,14 +707,22 @@ impl Shard {
                 );
             } else if wants_read && s.recv.is_none() && !s.recv_multi && ring_ready {
                 s.recv_multi = true;
-                let entry =
-                    opcode::RecvMulti::new(types::Fd(s.stream.as_raw_fd()), buf_ring::GROUP)
+                let fd = types::Fd(s.stream.as_raw_fd());
+                // One receive at a time by default: the kernel picks a
+                // buffer when data arrives, and the next receive is armed
+                // only once the engine has seen this one and still wants
+                // input. A multishot receive keeps landing data until its
+                // cancel does, and its byte limit (Linux 6.17) cannot be
+                // used with incremental buffers on 6.18, so it is opt-in.
+                let entry = if self.cfg.recv_multishot {
+                    opcode::RecvMulti::new(fd, buf_ring::GROUP).build()
+                } else {
+                    opcode::Recv::new(fd, std::ptr::null_mut(), 0)
+                        .buf_group(buf_ring::GROUP)
                         .build()
-                        .user_data(user_data(i, OP_RECV_MULTI));
-                push[1] = Some(match self.recv_limit {
-                    Some(limit) => with_total_limit(entry, limit),
-                    None => entry,
-                });
+                        .flags(squeue::Flags::BUFFER_SELECT)
+                };
+                push[1] = Some(entry.user_data(user_data(i, OP_RECV_MULTI)));
             } else if wants_read && s.recv.is_none() && !s.recv_multi {
                 let mut buf = s.conn.read_buffer();
                 let spare = buf.spare_capacity_mut();
@@ -761,7 +746,8 @@ impl Shard {
         }
         if let Some(pool) = self.pool.as_mut() {
             let min_pin = pool.min_pin();
-            let copied = s.conn.release_buffers(pool.returned(), min_pin);
+            let copied = s.conn.release_buffers(&mut self.released, min_pin);
+            pool.give_back(&mut self.released);
             self.stats.copied_bytes.add(copied as u64);
         }
         let (done, closing) = (s.conn.is_done(), s.closing);
@@ -770,7 +756,9 @@ impl Shard {
             // live in the boxed `s.send`, and a receive's buffer in `s.recv`;
             // both are heap allocations that stay in the slot, unmoved, until
             // the completion takes them out, and the slot is not freed while
-            // either is in flight. A poll points to no memory.
+            // either is in flight. A poll points to no memory, and a
+            // receive into the shard's buffer ring only to the pool's
+            // buffers, which outlive the ring (see `buf_ring`).
             unsafe { self.push(entry) };
         }
         if done || closing {
@@ -784,14 +772,43 @@ impl Shard {
         let Some(Some(s)) = self.slots.get_mut(i) else {
             return;
         };
+        let fd = s.stream.as_raw_fd();
+        let in_flight = s.recv.is_some() || s.recv_multi || s.send.is_some() || s.awaiting_room;
         if !s.closing {
             s.closing = true;
-            let _ = s.stream.shutdown(std::net::Shutdown::Both);
+            if in_flight {
+                // Through the ring, in this turn's enter: what is in flight
+                // completes at once.
+                let entry = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_RDWR)
+                    .build()
+                    .flags(squeue::Flags::SKIP_SUCCESS)
+                    .user_data(user_data(i, OP_CANCEL));
+                // SAFETY: a shutdown points to no memory; the descriptor
+                // stays open until the slot is freed, after its completion.
+                if !unsafe { self.push(entry) } {
+                    // SAFETY: shutdown(2) takes no pointers; `fd` is open.
+                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                }
+            }
         }
-        if s.recv.is_none() && !s.recv_multi && s.send.is_none() && !s.awaiting_room {
+        if !in_flight {
             if let Some(mut s) = self.slots[i].take() {
                 if let Some(pool) = self.pool.as_mut() {
-                    s.conn.release_all(pool.returned());
+                    s.conn.release_all(&mut self.released);
+                    pool.give_back(&mut self.released);
+                }
+                // Closed through the ring too: nothing is in flight on it,
+                // and its number is not reused before the close runs.
+                let fd = s.stream.into_raw_fd();
+                let entry = opcode::Close::new(types::Fd(fd))
+                    .build()
+                    .flags(squeue::Flags::SKIP_SUCCESS)
+                    .user_data(user_data(i, OP_CANCEL));
+                // SAFETY: a close points to no memory, and `fd` is owned
+                // by nothing else now.
+                if !unsafe { self.push(entry) } {
+                    // SAFETY: as above; the ring will not close it.
+                    unsafe { libc::close(fd) };
                 }
                 self.stats.copied_bytes.add(s.conn.carried_bytes());
                 self.live -= 1;

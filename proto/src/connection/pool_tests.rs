@@ -425,3 +425,69 @@ fn an_engine_is_small_enough_for_an_idle_connection_to_cost_under_1_kib() {
     let size = std::mem::size_of::<Connection>();
     assert!(size <= 640, "Connection is {size} bytes");
 }
+
+/// Incrementally consumed provided buffers: receives from several
+/// connections are cut back to back from one buffer, with no headroom.
+#[test]
+fn views_cut_back_to_back_from_one_shared_buffer_are_echoed_in_place() {
+    let now = Instant::now();
+    let mut conns: Vec<Connection> = (0..3)
+        .map(|_| Connection::new(Arc::new(Config::default()), now))
+        .collect();
+    // Handshakes first, through buffers of their own.
+    let mut pool = Pool::new(4096);
+    let mut batch = Vec::new();
+    for c in conns.iter_mut() {
+        let mut req = pool.receive(REQUEST);
+        let _ = req.split_to(ADOPT_HEADROOM);
+        c.handle_received(req, 0, now);
+        c.poll_transmit(&mut batch, 64);
+        let n = batch.iter().map(|b| b.len()).sum();
+        c.handle_written(n, now);
+        c.release_buffers(&mut pool.returned, 1024);
+    }
+    let mut shared = BytesMut::zeroed(64 * 1024);
+    let (start, end) = (
+        shared.as_ptr() as usize,
+        shared.as_ptr() as usize + shared.len(),
+    );
+    let mut wires = vec![Vec::new(); 3];
+    let mut in_place = 0;
+    for round in 0..20u8 {
+        for (i, c) in conns.iter_mut().enumerate() {
+            let payload = vec![round ^ i as u8; 50 + 100 * i];
+            let input = frame(true, OpCode::Binary, &payload);
+            let mut view = shared.split_to(input.len());
+            view.copy_from_slice(&input);
+            c.handle_received(view, 0, now);
+            c.poll_transmit(&mut batch, 64);
+            for b in &batch {
+                wires[i].extend_from_slice(b);
+                let p = b.as_ptr() as usize;
+                in_place += usize::from(p >= start && p < end);
+            }
+            let n = batch.iter().map(|b| b.len()).sum();
+            batch.clear();
+            c.handle_written(n, now);
+            // Views are dropped, not reused one by one.
+            let mut back = Vec::new();
+            c.release_buffers(&mut back, 1024);
+        }
+    }
+    assert_eq!(in_place, 60, "every echo is a slice of the shared buffer");
+    assert!(
+        conns.iter().all(|c| c.carried_bytes() == 0),
+        "nothing carried"
+    );
+    for (i, wire) in wires.iter().enumerate() {
+        let got = frames(wire);
+        assert_eq!(got.len(), 20);
+        for (round, f) in got.iter().enumerate() {
+            assert_eq!(f, &(0x82, vec![round as u8 ^ i as u8; 50 + 100 * i]));
+        }
+        assert_eq!(conns[i].read_buffer_bytes(), 0);
+    }
+    // Once every view is gone, the buffer's remaining view owns it whole.
+    shared.clear();
+    assert!(shared.try_reclaim(64 * 1024));
+}
