@@ -34,8 +34,8 @@ use crate::protocol::frame::MAX_CLIENT_HEADER;
 
 /// The buffer group id of the shard's ring (one ring per io_uring).
 pub(crate) const GROUP: u16 = 0;
-/// Buffers allocated up front; the pool doubles from here on demand.
-const INITIAL: usize = 64;
+/// Memory allocated up front; the pool doubles from here on demand.
+const INITIAL_BYTES: usize = 1 << 20;
 /// `IOU_PBUF_RING_INC` (include/uapi/linux/io_uring.h): consume buffers
 /// incrementally.
 const PBUF_RING_INC: u16 = 2;
@@ -126,7 +126,8 @@ impl BufRing {
             starved: false,
             incremental,
         };
-        pool.grow(INITIAL.min(budget));
+        let initial = (INITIAL_BYTES / room).max(1);
+        pool.grow(initial.min(budget));
         pool.publish();
         Ok(pool)
     }
@@ -236,7 +237,7 @@ impl BufRing {
             self.provide(buf);
         }
         if self.starved || self.available() < self.allocated / 4 {
-            let more = self.allocated.max(INITIAL);
+            let more = self.allocated.max(1);
             self.grow(more.min(self.budget - self.allocated));
         }
         self.starved = false;
@@ -364,12 +365,12 @@ mod tests {
     #[test]
     fn the_pool_grows_when_the_kernel_runs_short_and_never_past_its_budget() {
         let ring = IoUring::new(8).unwrap();
-        let mut pool = BufRing::new(&ring, 1024, 100 * 1024).unwrap();
-        assert_eq!(pool.allocated_bytes(), 64 * 1024);
+        let mut pool = BufRing::new(&ring, 16 * 1024, 5 << 20).unwrap();
+        assert_eq!(pool.allocated_bytes(), 1 << 20, "1 MiB up front");
         for _ in 0..5 {
             pool.note_starved();
             pool.maintain();
         }
-        assert_eq!(pool.allocated_bytes(), 100 * 1024);
+        assert_eq!(pool.allocated_bytes(), 5 << 20, "doubled, up to the budget");
     }
 }

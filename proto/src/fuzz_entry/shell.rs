@@ -35,7 +35,7 @@ use crate::frame::{
 use crate::handshake::write_response;
 use crate::mask::apply_mask;
 use crate::out_queue::{ENTRY_COST, MAX_UNSENT_PONGS};
-use crate::read_buffer::ReadSizing;
+use crate::read_buffer::{ReadSizing, ADOPT_HEADROOM};
 
 /// RFC 6455 §1.3's sample: the plainest valid upgrade.
 const REQUEST_RFC: &[u8] = b"GET /chat HTTP/1.1\r\nHost: server.example.com\r\n\
@@ -175,6 +175,14 @@ pub(super) fn run(data: &[u8]) -> Outcome {
         allowed_origins: vec!["http://example.com".into()],
     });
     let mut shell = Shell::new(cfg, [1, 3, 16, 256][usize::from(setup >> 6)]);
+    // How reads arrive (from the input's length, so seeds keep their
+    // meaning): into the engine's own buffer, or as a shell's buffers with
+    // headroom, or as views with none (incremental provided buffers).
+    shell.pool = match data.len() % 3 {
+        0 => Pool::Own,
+        1 => Pool::Headroom,
+        _ => Pool::Views,
+    };
     shell.client.extend_from_slice(request);
     shell.frames_from = upgrade.then_some(request.len());
 
@@ -241,7 +249,18 @@ struct Shell {
     events: Vec<Event>,
     largest_read_buffer: usize,
     max_cost: usize,
+    pool: Pool,
 }
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    Own,
+    Headroom,
+    Views,
+}
+
+/// Bytes one receive into a shell's buffer takes at most.
+const POOL_ROOM: usize = 512;
 
 impl Shell {
     fn new(cfg: Arc<Config>, max_iov: usize) -> Shell {
@@ -264,6 +283,7 @@ impl Shell {
             events: Vec::new(),
             largest_read_buffer: 0,
             max_cost: 0,
+            pool: Pool::Own,
         }
     }
 
@@ -299,6 +319,11 @@ impl Shell {
         if self.conn.is_done() {
             self.check_done();
             return false;
+        }
+        if self.reading.is_none() && self.conn.wants_read() && self.pool != Pool::Own {
+            // The shell's buffer is picked when data arrives.
+            self.largest_read_buffer = self.largest_read_buffer.max(POOL_ROOM);
+            self.reading = Some(BytesMut::new());
         }
         if self.reading.is_none() && self.conn.wants_read() {
             let buf = self.conn.read_buffer();
@@ -345,7 +370,11 @@ impl Shell {
             10 => {
                 // EOF or a read error: the shell reports both as 0.
                 if let Some(buf) = self.reading.take() {
-                    self.conn.handle_read(buf, 0, self.now);
+                    if self.pool == Pool::Own {
+                        self.conn.handle_read(buf, 0, self.now);
+                    } else {
+                        self.conn.handle_eof(self.now);
+                    }
                 }
             }
             11 => {
@@ -379,13 +408,21 @@ impl Shell {
                 // The epoll shell's non-blocking read that would block: the
                 // buffer goes back unused and the next turn takes it again.
                 if let Some(buf) = self.reading.take() {
-                    self.conn.cancel_read(buf);
+                    if self.pool == Pool::Own {
+                        self.conn.cancel_read(buf);
+                    }
                 }
             }
             _ => self.read(usize::MAX),
         }
         while let Some(event) = self.conn.poll_event() {
             self.events.push(event);
+        }
+        if self.pool != Pool::Own {
+            // The shell gives its buffers back after each step; the views
+            // are simply dropped (a pool reclaims them when unshared).
+            let mut back = Vec::new();
+            self.conn.release_buffers(&mut back, POOL_ROOM / 4);
         }
     }
 
@@ -395,6 +432,24 @@ impl Shell {
         let Some(mut buf) = self.reading.take() else {
             return;
         };
+        if self.pool != Pool::Own {
+            let n = want.min(POOL_ROOM).min(self.client.len() - self.read_upto);
+            if n == 0 {
+                self.reading = Some(buf);
+                return;
+            }
+            let data = &self.client[self.read_upto..][..n];
+            let data_at = if self.pool == Pool::Headroom {
+                ADOPT_HEADROOM
+            } else {
+                0
+            };
+            let mut received = BytesMut::zeroed(data_at);
+            received.extend_from_slice(data);
+            self.read_upto += n;
+            self.conn.handle_received(received, data_at, self.now);
+            return;
+        }
         let room = buf.capacity() - buf.len();
         let n = want.min(room).min(self.client.len() - self.read_upto);
         if n == 0 {
