@@ -698,7 +698,7 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSoc
     }
 
     /// Server frames as (opcode byte with FIN, payload).
-    fn frames(mut wire: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    pub(super) fn frames(mut wire: &[u8]) -> Vec<(u8, Vec<u8>)> {
         let mut seen = Vec::new();
         while let Ok(Some(h)) = parse_server_header(wire) {
             let end = h.header_len + h.payload_len as usize;

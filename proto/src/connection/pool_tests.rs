@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
+use super::tests::frames;
 use super::{Config, Connection, Event, ADOPT_HEADROOM};
-use crate::frame::{encode_client_frame, parse_server_header, OpCode};
+use crate::frame::{encode_client_frame, OpCode};
 
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n\
 Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
@@ -170,17 +171,6 @@ fn frame(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     encode_client_frame(fin, op, [7, 1, 9, 3], payload, &mut v);
     v
-}
-
-fn frames(mut wire: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut seen = Vec::new();
-    while let Ok(Some(h)) = parse_server_header(wire) {
-        let end = h.header_len + h.payload_len as usize;
-        seen.push((wire[0], wire[h.header_len..end].to_vec()));
-        wire = &wire[end..];
-    }
-    assert!(wire.is_empty(), "trailing bytes");
-    seen
 }
 
 /// Deterministic sizes in `0..max`.
