@@ -143,7 +143,9 @@ impl OutQueue {
 
     fn flush_copied(&mut self) {
         if !self.partial_copied.is_empty() {
-            let copied = self.partial_copied.split().freeze();
+            // Taken, not split: an empty split-off view would keep the
+            // allocation alive for the rest of the connection.
+            let copied = std::mem::take(&mut self.partial_copied).freeze();
             self.partial.push(copied);
         }
     }
@@ -393,6 +395,26 @@ mod tests {
             vec![b"\x82\x04ab".to_vec(), b"cd".to_vec()]
         );
         assert_eq!(out.cost(), 0);
+    }
+
+    #[test]
+    fn copied_pieces_are_freed_with_their_frame_not_kept_by_the_queue() {
+        // A queue that kept a reference to the last copy would hold one
+        // allocation per connection for as long as the connection lives.
+        let mut out = OutQueue::new();
+        out.push_part_copy(b"\x82\x04a");
+        out.push_part_copy(b"b");
+        out.push_frame(Bytes::from_static(b"cd"));
+        let mut batch = Vec::new();
+        out.fill_batch(&mut batch, 64);
+        assert_eq!(batch[0], b"\x82\x04ab"[..]);
+        out.advance(batch.iter().map(|b| b.len()).sum());
+        let copy = batch.swap_remove(0);
+        drop(batch);
+        assert!(
+            copy.is_unique(),
+            "the echoed copy is the allocation's only owner"
+        );
     }
 
     #[test]
