@@ -819,18 +819,13 @@ impl Shard {
         if !s.closing {
             s.closing = true;
             if in_flight {
-                // Through the ring, in this turn's enter: what is in flight
-                // completes at once.
-                let entry = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_RDWR)
-                    .build()
-                    .flags(squeue::Flags::SKIP_SUCCESS)
-                    .user_data(user_data(i, OP_CANCEL));
-                // SAFETY: a shutdown points to no memory; the descriptor
-                // stays open until the slot is freed, after its completion.
-                if !unsafe { self.push(entry) } {
-                    // SAFETY: shutdown(2) takes no pointers; `fd` is open.
-                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-                }
+                // What is in flight completes at once. A plain call, not
+                // the ring's IORING_OP_SHUTDOWN: that one always runs in a
+                // kernel worker, which looks the descriptor up by number
+                // later, possibly after the close below and an accept that
+                // reuses the number, and would shut the new connection down.
+                // SAFETY: shutdown(2) takes no pointers; `fd` is open.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             }
         }
         if !in_flight {
