@@ -98,13 +98,12 @@ OPTIONS (defaults are safe on the open internet):
                                has its own [default: 8MiB]
     --recv-buffer SIZE         --io ring: size of each of those buffers
                                [default: 16KiB]
-    --recv-multishot           --io ring: keep a multishot receive armed per
-                               connection instead of arming one receive at a
-                               time (about 4% less CPU per echo at 20 B; but
-                               a peer that floods without reading can land
-                               megabytes in the shared buffers before
-                               backpressure stops it, since the kernel's
-                               byte limit on it cannot be used here)
+    --recv-single-shot         --io ring: arm one receive at a time per
+                               connection instead of a multishot receive
+                               limited to 4 buffers per arming (the default
+                               where the kernel has that limit, Linux 6.17+;
+                               single-shot costs more CPU per echo and pins
+                               more buffers while a message straddles two)
     --no-direct-send           Always write through io_uring (by default output
                                is sent with a plain non-blocking sendmsg first:
                                every echo on --io tokio-uring, 4KiB or more
@@ -331,7 +330,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
                 c.recv_buffer =
                     size("--recv-buffer", &value("--recv-buffer")?)?.clamp(1024, 1 << 20) as usize
             }
-            "--recv-multishot" => c.recv_multishot = true,
+            "--recv-single-shot" => c.recv_multishot = false,
             "--no-ring-tuning" => c.ring_tuning = false,
             "--no-direct-send" => c.direct_send = false,
             "--io" => {

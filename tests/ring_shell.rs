@@ -35,10 +35,10 @@ fn echo_round(conns: &mut [TcpStream], round: usize, len: impl Fn(usize) -> usiz
     }
 }
 
-/// The ring shell, with one receive armed at a time (the default) and with
-/// multishot receives.
+/// The ring shell, with multishot receives (the default) and with one
+/// receive armed at a time.
 fn rings(args: &[&str]) -> Vec<Ringecho> {
-    [&[][..], &["--recv-multishot"][..]]
+    [&[][..], &["--recv-single-shot"][..]]
         .iter()
         .map(|mode| {
             let mut all = vec!["--io", "ring", "--threads", "1"];

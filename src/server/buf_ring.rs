@@ -137,6 +137,13 @@ impl BufRing {
         self.in_ring.len() - self.free_ids.len()
     }
 
+    /// The most bytes one arming of a connection's multishot receive may
+    /// take from the pool: what a peer can land beyond the engine's
+    /// backpressure before the receive ends.
+    pub fn arm_limit(&self) -> u32 {
+        (self.room * 4).min(u32::MAX as usize) as u32
+    }
+
     /// Pieces of a buffer smaller than this are copied rather than pin it.
     pub fn min_pin(&self) -> usize {
         self.room / 4

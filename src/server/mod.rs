@@ -51,8 +51,8 @@ pub struct Config {
     pub recv_pool: usize,
     /// Size of each buffer in that ring.
     pub recv_buffer: usize,
-    /// Receive into that ring with multishot receives instead of one
-    /// receive at a time.
+    /// Receive into that ring with byte-limited multishot receives where
+    /// the kernel has them, instead of one receive at a time.
     pub recv_multishot: bool,
     /// Which I/O shell moves the bytes.
     pub io: Io,
@@ -113,7 +113,7 @@ impl Default for Config {
             direct_send: true,
             recv_pool: 8 << 20,
             recv_buffer: 16 << 10,
-            recv_multishot: false,
+            recv_multishot: true,
             io: Io::Auto,
         }
     }

@@ -176,6 +176,9 @@ struct Shard {
     live: usize,
     accept_armed: bool,
     accept_multishot: bool,
+    /// Receives are multishot with a byte limit; off when the kernel
+    /// refuses the limit (before 6.17) or `--recv-single-shot` says so.
+    recv_multishot: bool,
     accept_paused_until: Option<Instant>,
     accepting: bool,
     stopper: Arc<Stopper>,
@@ -270,6 +273,7 @@ pub(crate) fn start(
         let mut shard = Shard {
             pool,
             id,
+            recv_multishot: cfg.recv_multishot,
             engine: Arc::new(cfg.engine.clone()),
             stats: all_stats.0.get(id).cloned().unwrap_or_default(),
             all_stats,
@@ -300,6 +304,21 @@ pub(crate) fn start(
 
 /// Where a shard reports whether it started.
 pub(crate) type Ready = std::sync::mpsc::Sender<Result<usize, String>>;
+
+/// Set an entry's `optlen` field, which the `io-uring` crate's `RecvMulti`
+/// does not expose: for a multishot receive it is the most bytes the
+/// receive may land before it ends (IORING_RECV_MSHOT_LIM, Linux 6.17).
+fn with_optlen(entry: squeue::Entry, optlen: u32) -> squeue::Entry {
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte
+    // `io_uring_sqe` (the transmute checks the size), whose fields are all
+    // plain integers, so every byte pattern is a valid entry; `optlen` is
+    // the native-endian u32 at offset 44 (include/uapi/linux/io_uring.h).
+    unsafe {
+        let mut raw: [u8; 64] = std::mem::transmute(entry);
+        raw[44..48].copy_from_slice(&optlen.to_ne_bytes());
+        std::mem::transmute::<[u8; 64], squeue::Entry>(raw)
+    }
+}
 
 fn user_data(slot: usize, op: u64) -> u64 {
     ((slot as u64) << OP_BITS) | op
@@ -565,6 +584,11 @@ impl Shard {
                 }
             }
             (e, _) if e == -libc::ECANCELED => {}
+            (e, None) if e == -libc::EINVAL && self.recv_multishot => {
+                // A kernel without the byte limit on multishot receives
+                // (before 6.17) refuses it: one receive at a time, shard-wide.
+                self.recv_multishot = false;
+            }
             (_, buf) => {
                 // The end of the stream, or an error that ends it.
                 if let (Some(buf), Some(pool)) = (buf, self.pool.as_mut()) {
@@ -734,14 +758,15 @@ impl Shard {
             } else if wants_read && s.recv.is_none() && !s.recv_multi && ring_ready {
                 s.recv_multi = true;
                 let fd = types::Fd(s.stream.as_raw_fd());
-                // One receive at a time by default: the kernel picks a
-                // buffer when data arrives, and the next receive is armed
-                // only once the engine has seen this one and still wants
-                // input. A multishot receive keeps landing data until its
-                // cancel does, and its byte limit (Linux 6.17) cannot be
-                // used with incremental buffers on 6.18, so it is opt-in.
-                let entry = if self.cfg.recv_multishot {
-                    opcode::RecvMulti::new(fd, buf_ring::GROUP).build()
+                // A multishot receive stays armed while data flows, so a
+                // message that straddles two buffers arrives in one turn.
+                // Its byte limit (Linux 6.17) bounds what it lands beyond
+                // the engine's backpressure: it ends after `arm_limit`
+                // bytes and is re-armed only if the engine still wants
+                // input. Without the limit, one receive at a time.
+                let entry = if self.recv_multishot {
+                    let limit = self.pool.as_ref().map_or(0, |p| p.arm_limit());
+                    with_optlen(opcode::RecvMulti::new(fd, buf_ring::GROUP).build(), limit)
                 } else {
                     opcode::Recv::new(fd, std::ptr::null_mut(), 0)
                         .buf_group(buf_ring::GROUP)
@@ -973,5 +998,61 @@ mod tests {
         }
         assert!(results.first().is_some_and(|&r| r > 0), "{results:?}");
         assert_eq!(results.last(), Some(&-libc::EAGAIN));
+    }
+
+    /// The flood bound rests on this: a multishot receive given a byte
+    /// limit through `with_optlen` ends once it has landed that much, with
+    /// more data waiting, and lands nothing more until it is armed again.
+    #[test]
+    fn a_multishot_receive_with_a_byte_limit_ends_at_the_limit() {
+        use std::io::Write;
+        let cfg = Config::default();
+        let mut ring = build_ring(&cfg).expect("io_uring is available here");
+        let room = 1024;
+        let mut pool = BufRing::new(&ring, room, 64 * room).unwrap();
+        let limit = pool.arm_limit();
+        assert_eq!(limit as usize, 4 * room);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        // Ten times the limit, waiting in the socket before the receive.
+        client.write_all(&vec![5u8; 10 * limit as usize]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let fd = types::Fd(server.as_raw_fd());
+        let entry = with_optlen(opcode::RecvMulti::new(fd, buf_ring::GROUP).build(), limit);
+        // SAFETY: a buffer-select receive points to no memory of ours but
+        // the pool's, which outlives the ring's use of it.
+        unsafe { ring.submission().push(&entry).unwrap() };
+        let mut landed = 0;
+        let mut views = Vec::new();
+        let mut ended = false;
+        let wait = types::Timespec::new().nsec(200_000_000);
+        for _ in 0..100 {
+            // Bounded: a receive that never ended would post nothing more.
+            let args = types::SubmitArgs::new().timespec(&wait);
+            match ring.submitter().submit_with_args(1, &args) {
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => break,
+                other => other.map(drop).unwrap(),
+            }
+            let cqes: Vec<_> = ring.completion().collect();
+            for cqe in cqes {
+                assert!(cqe.result() > 0, "{}", cqe.result());
+                let id = cqueue::buffer_select(cqe.flags()).unwrap();
+                let n = cqe.result() as usize;
+                views.push(pool.take(id, n, cqueue::buffer_more(cqe.flags())).unwrap());
+                landed += n;
+                assert!(!ended, "a completion after the last");
+                ended = !cqueue::more(cqe.flags());
+            }
+            if ended {
+                break;
+            }
+        }
+        assert!(ended, "the receive ended");
+        assert!(
+            landed >= limit as usize && landed < limit as usize + room,
+            "landed {landed} for a limit of {limit}"
+        );
+        assert!(views.iter().all(|v| v.iter().all(|&b| b == 5)));
     }
 }
