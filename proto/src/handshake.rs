@@ -384,9 +384,9 @@ pub fn write_error_response(out: &mut Vec<u8>, err: HandshakeError) {
 /// the body is left out, as a HEAD response must (RFC 7231 §4.3.2).
 ///
 /// A 405 gets `Allow: GET, HEAD`, the methods plain requests are served
-/// for, because RFC 7231 §6.5.5 makes the header mandatory. Whether the
-/// connection stays open is the caller's business, so no Connection header
-/// is written.
+/// for, because RFC 7231 §6.5.5 makes the header mandatory. The engine
+/// serves one plain request per connection and closes after the response,
+/// so the response says so (`Connection: close`, RFC 9112 §9.6).
 pub fn write_response(
     out: &mut Vec<u8>,
     status: u16,
@@ -395,9 +395,9 @@ pub fn write_response(
     head_only: bool,
 ) {
     let extra: &[&str] = if status == 405 {
-        &["Allow: GET, HEAD"]
+        &["Allow: GET, HEAD", "Connection: close"]
     } else {
-        &[]
+        &["Connection: close"]
     };
     write_head(out, status, content_type, body.len(), extra);
     if !head_only {

@@ -542,12 +542,12 @@ fn error_responses_parse_back_with_matching_length() {
 }
 
 #[test]
-fn plain_responses_carry_type_and_length() {
+fn plain_responses_carry_type_length_and_the_close() {
     let mut out = Vec::new();
     write_response(&mut out, 404, "text/plain", b"not found", false);
     assert_eq!(
         out,
-        b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\nnot found"
+        b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found"
     );
     out.clear();
     write_response(
@@ -559,7 +559,7 @@ fn plain_responses_carry_type_and_length() {
     );
     assert_eq!(
         out,
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: 9\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: 9\r\nConnection: close\r\n\r\n"
     );
     out.clear();
     write_response(&mut out, 405, "text/plain", b"", false);
