@@ -162,8 +162,8 @@ fn main() -> ExitCode {
     // a ring or epoll instance, an eventfd) plus stdio.
     let capacity = fd_limit.saturating_sub(4 * server.shards() as u64 + 16);
     say!(
-        "ringecho listening on ws://{addr}/ with {} shard(s) on {}",
-        server.shards(),
+        "ringecho listening on ws://{addr}/ with {} on {}",
+        plural(server.shards() as u64, "shard"),
         server.io().name()
     );
     say!("test page: http://{page_host}/   health: http://{page_host}/healthz");
@@ -180,7 +180,9 @@ fn main() -> ExitCode {
         match wait_signal(&signals, Duration::from_millis(200)) {
             Some(sig) if stopping => {
                 esay!("ringecho: signal {sig} again, exiting now");
-                return ExitCode::from(130);
+                // The shell's convention for death by a signal: 130 for
+                // SIGINT, 143 for SIGTERM.
+                return ExitCode::from(128u8.saturating_add(sig.clamp(0, 127) as u8));
             }
             Some(_) => {
                 say!("shutting down: closing connections with 1001, waiting up to {drain:?}");
@@ -192,10 +194,10 @@ fn main() -> ExitCode {
     }
     let s = server.stats();
     say!(
-        "stopped: {} connections accepted, {} upgraded, {} protocol errors, {} timed out",
-        s.accepted,
+        "stopped: {} accepted, {} upgraded, {}, {} timed out",
+        plural(s.accepted, "connection"),
         s.upgraded,
-        s.protocol_errors,
+        plural(s.protocol_errors, "protocol error"),
         s.timed_out
     );
     server.stop();
@@ -224,6 +226,34 @@ fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
     // is allowed.
     let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
     (sig > 0).then_some(sig)
+}
+
+/// `n` and the noun, in the plural unless `n` is 1.
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// An address to listen on: ADDR:PORT, or HOST:PORT resolved (the first
+/// address the resolver gives, so `localhost:9001` is 127.0.0.1:9001).
+fn listen_addr(v: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = v.parse() {
+        return Ok(addr);
+    }
+    let bad = || {
+        format!("--listen: '{v}' is not ADDR:PORT or HOST:PORT (e.g. 127.0.0.1:9001, [::]:9001, localhost:9001)")
+    };
+    if !v.contains(':') {
+        return Err(bad());
+    }
+    match v.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(bad),
+        Err(e) => Err(format!("--listen: cannot resolve '{v}': {e}")),
+    }
 }
 
 /// Parse the command line; `Ok(None)` when help or version was printed.
@@ -255,9 +285,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             }
             "--listen" => {
                 let v = value("--listen")?;
-                c.listen = v.parse().map_err(|_| {
-                    format!("--listen: '{v}' is not ADDR:PORT (e.g. 127.0.0.1:9001, [::]:9001)")
-                })?;
+                c.listen = listen_addr(&v)?;
             }
             "--threads" => c.threads = count("--threads", &value("--threads")?, 1, 1024)?,
             "--pin" => c.pin = true,
@@ -461,6 +489,20 @@ mod tests {
     }
 
     #[test]
+    fn counts_read_as_english() {
+        assert_eq!(plural(1, "shard"), "1 shard");
+        assert_eq!(plural(0, "protocol error"), "0 protocol errors");
+        assert_eq!(plural(2, "connection"), "2 connections");
+    }
+
+    #[test]
+    fn a_host_name_to_listen_on_is_resolved() {
+        let c = parse(&["--listen", "localhost:9100"]).unwrap().unwrap();
+        assert!(c.listen.ip().is_loopback(), "{}", c.listen);
+        assert_eq!(c.listen.port(), 9100);
+    }
+
+    #[test]
     fn bad_values_are_clear_errors() {
         assert!(parse(&["--threads", "0"])
             .unwrap_err()
@@ -468,6 +510,9 @@ mod tests {
         assert!(parse(&["--listen", "nowhere"])
             .unwrap_err()
             .contains("ADDR:PORT"));
+        assert!(parse(&["--listen", "no-such-host.invalid:9001"])
+            .unwrap_err()
+            .contains("cannot resolve"));
         assert!(parse(&["--max-output", "12XB"])
             .unwrap_err()
             .contains("size"));

@@ -47,6 +47,22 @@ fn sigterm_sends_1001_to_every_client_and_exits_0() {
 }
 
 #[test]
+fn a_second_signal_during_the_drain_exits_at_once_with_the_shells_code() {
+    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let mut server = Ringecho::start(&["--threads", "1", "--drain-timeout", "30s"]);
+        // A client that never answers the close keeps the drain going.
+        let mut c = raw_ws(server.addr);
+        server.signal(sig);
+        assert_eq!(read_close(&mut c), Some(1001));
+        server.signal(sig);
+        let status = server
+            .wait_exit(Duration::from_secs(5))
+            .expect("did not exit on the second signal");
+        assert_eq!(status.code(), Some(code), "signal {sig}");
+    }
+}
+
+#[test]
 fn sigint_with_no_connections_exits_0_promptly() {
     let mut server = Ringecho::start(&["--threads", "2"]);
     server.signal(libc::SIGINT);
