@@ -68,7 +68,8 @@ COMPARE OPTIONS:
                            reported [default: 1]
     --servers LIST         Comma list of ringecho,fastwebsockets,tungstenite,raw-uring,raw-ring
                            [default: all four]
-    --out DIR              Where NAME.md and NAME.svg go [default: docs/benchmarks]
+    --out DIR              Where NAME.md and NAME.svg go [default: a new
+                           directory ./loadtest-compare-TIME, printed]
     --name NAME            [default: c{connections}-s{size}]
 
 SOAK OPTIONS (loadtest soak --ringecho PATH): well-behaved open-loop clients
@@ -96,7 +97,7 @@ Writes NAME.md, NAME.json and NAME.svg; exit status 1 if a check fails.
     --reset-rate PER_SEC   Connections reset mid-handshake, mid-frame or mid-write
                            [default: 20]
     --max-p99-ratio X      [default: 2]
-    --out DIR  --name NAME [default: docs/benchmarks, soak]
+    --out DIR  --name NAME [default: a new directory ./loadtest-soak-TIME, soak]
 
 PEER OPTIONS:
     --listen ADDR:PORT     [default: 127.0.0.1:9002]; port 0 picks a free one
@@ -460,7 +461,7 @@ fn parse_compare(args: &[String]) -> Result<CompareArgs, String> {
         servers: ["ringecho", "fastwebsockets", "tungstenite", "raw-uring"]
             .map(String::from)
             .to_vec(),
-        out: PathBuf::from("docs/benchmarks"),
+        out: fresh_dir("compare"),
         name: None,
     };
     let mut have_ringecho = false;
@@ -531,7 +532,7 @@ fn parse_soak(args: &[String]) -> Result<SoakArgs, String> {
         flood_rate: 5000.0,
         reset_rate: 20.0,
         max_p99_ratio: 2.0,
-        out: PathBuf::from("docs/benchmarks"),
+        out: fresh_dir("soak"),
         name: "soak".into(),
     };
     let mut have_ringecho = false;
@@ -634,9 +635,46 @@ fn parse_peer(args: &[String]) -> Result<PeerArgs, String> {
     Ok(p)
 }
 
+/// A directory under the current one that does not exist yet, for results
+/// nobody asked to put elsewhere: committed benchmark files are never
+/// overwritten by default.
+pub fn fresh_dir(kind: &str) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let base = format!("loadtest-{kind}-{secs}");
+    (1..1000)
+        .map(|n| {
+            if n == 1 {
+                PathBuf::from(&base)
+            } else {
+                PathBuf::from(format!("{base}-{n}"))
+            }
+        })
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| PathBuf::from(base))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_go_to_a_new_directory_unless_told_otherwise() {
+        let a = fresh_dir("compare");
+        assert!(!a.exists());
+        assert!(
+            a.to_string_lossy().starts_with("loadtest-compare-"),
+            "{a:?}"
+        );
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let c = parse_compare(&args(&["--ringecho", "ringecho"])).unwrap();
+        assert!(c.out.to_string_lossy().starts_with("loadtest-compare-"));
+        let c = parse_compare(&args(&["--ringecho", "ringecho", "--out", "x"])).unwrap();
+        assert_eq!(c.out, PathBuf::from("x"));
+        let s = parse_soak(&args(&["--ringecho", "ringecho"])).unwrap();
+        assert!(s.out.to_string_lossy().starts_with("loadtest-soak-"));
+    }
 
     #[test]
     fn cpu_lists() {

@@ -110,6 +110,15 @@ struct Row {
     pub rounds: Vec<f64>,
 }
 
+/// "CPU 0" or "CPUs 0-3" for a CPU list as given on the command line.
+fn cpu_label(list: &str) -> String {
+    if list.contains([',', '-']) {
+        format!("CPUs {list}")
+    } else {
+        format!("CPU {list}")
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -255,12 +264,14 @@ fn markdown(
     );
     let _ = writeln!(
         o,
-        "Closed loop, binary messages, each server on one thread pinned to CPU(s) {}, \
-         the client pinned to CPU(s) {}. MB/s is echoed payload per second in one \
+        "Closed loop, binary messages, each server on one thread pinned to {}, \
+         the client pinned to {}. MB/s is echoed payload per second in one \
          direction (10^6 bytes; the same flows the other way). Latency is the echo \
          round trip. CPU is percent of one core over the measured window. Values are \
-         medians over {} round(s); the server order rotates each round.\n",
-        args.server_cpus, args.client_cpus, args.rounds
+         medians over {}; the server order rotates each round.\n",
+        cpu_label(&args.server_cpus),
+        cpu_label(&args.client_cpus),
+        crate::report::plural(args.rounds as u64, "round")
     );
     if args.ringecho_baseline.is_some() {
         let _ = writeln!(

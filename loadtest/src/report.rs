@@ -111,6 +111,15 @@ pub struct Report {
     pub histograms: Option<EncodedHistograms>,
 }
 
+/// `n` and the noun, in the plural unless `n` is 1.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn encode(h: &Histogram<u64>) -> String {
     let mut buf = Vec::new();
     // Serializing into a Vec only fails on histogram states that cannot
@@ -229,14 +238,14 @@ impl Report {
         };
         let _ = writeln!(
             o,
-            "{} {}: {} connections ({} open), {} B {} messages, {mode}, {} thread(s){}",
+            "{} {}: {} ({} open), {} B {} messages, {mode}, {}{}",
             self.target,
             if self.raw { "(raw TCP)" } else { "" },
-            self.connections,
+            plural(self.connections as u64, "connection"),
             self.connections_open,
             self.size,
             self.opcode,
-            self.threads,
+            plural(self.threads as u64, "thread"),
             if self.processes > 1 {
                 format!(" in {} processes", self.processes)
             } else {
