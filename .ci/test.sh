@@ -6,11 +6,20 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# The browser test drives Debian's Chromium; it fails (never skips) without it.
-if ! command -v chromium >/dev/null 2>&1; then
-    echo "== installing chromium (browser test)"
+# The browser test drives Debian's Chromium, the deployment test checks the
+# systemd unit with systemd-analyze, the proxy tests put nginx (TLS with an
+# openssl certificate) in front of one server and HAProxy in front of two;
+# they fail (never skip) without them.
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v nginx >/dev/null 2>&1 || need+=(nginx)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "== installing ${need[*]}"
     as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
