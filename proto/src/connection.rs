@@ -96,7 +96,22 @@ pub enum Event {
     /// Silent past the idle ping: closed with 1001.
     IdleClosed,
     /// A handshake or closing deadline passed: the socket is cut.
-    TimedOut,
+    TimedOut(Deadline),
+    /// A close frame with this code is on its way out (§5.5.1; 1005 for
+    /// one without a code).
+    CloseSent(u16),
+    /// The peer's close frame carried this code (1005 for none, §7.1.5).
+    CloseReceived(u16),
+}
+
+/// Which deadline cut a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// The opening handshake did not complete in time.
+    Handshake,
+    /// The closing handshake, or the answer to a plain request, did not
+    /// complete in time.
+    Close,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +143,8 @@ const EV_REJECTED: u8 = 4;
 const EV_PROTOCOL: u8 = 8;
 const EV_IDLE: u8 = 16;
 const EV_TIMED_OUT: u8 = 32;
+const EV_CLOSE_SENT: u8 = 64;
+const EV_CLOSE_RECEIVED: u8 = 128;
 
 /// Reads a closing connection may discard before it is closed anyway.
 const MAX_LINGER_READS: u8 = 64;
@@ -155,6 +172,11 @@ pub struct Connection {
     events: u8,
     rejected_status: u16,
     failed_code: u16,
+    timed_out: Deadline,
+    /// Close codes already reported as events: (sent, received).
+    closes_reported: (bool, bool),
+    /// Times processing stopped because unsent output was over budget.
+    stalls: u64,
 }
 
 impl Connection {
@@ -182,6 +204,9 @@ impl Connection {
             events: 0,
             rejected_status: 0,
             failed_code: 0,
+            timed_out: Deadline::Close,
+            closes_reported: (false, false),
+            stalls: 0,
         }
     }
 
@@ -391,8 +416,13 @@ impl Connection {
                     self.close_ahead(now, "idle timeout");
                 }
             },
-            _ => {
+            state => {
                 self.events |= EV_TIMED_OUT;
+                self.timed_out = if state == State::Handshake {
+                    Deadline::Handshake
+                } else {
+                    Deadline::Close
+                };
                 self.state = State::Done;
             }
         }
@@ -434,6 +464,15 @@ impl Connection {
 
     /// The next thing that happened, for counters; `None` when nothing new.
     pub fn poll_event(&mut self) -> Option<Event> {
+        let (sent, received) = self.session.close_codes();
+        if sent.is_some() && !self.closes_reported.0 {
+            self.closes_reported.0 = true;
+            self.events |= EV_CLOSE_SENT;
+        }
+        if received.is_some() && !self.closes_reported.1 {
+            self.closes_reported.1 = true;
+            self.events |= EV_CLOSE_RECEIVED;
+        }
         if self.events == 0 {
             return None;
         }
@@ -445,8 +484,21 @@ impl Connection {
             EV_REJECTED => Event::HandshakeRejected(self.rejected_status),
             EV_PROTOCOL => Event::ProtocolError(self.failed_code),
             EV_IDLE => Event::IdleClosed,
-            _ => Event::TimedOut,
+            EV_TIMED_OUT => Event::TimedOut(self.timed_out),
+            EV_CLOSE_SENT => Event::CloseSent(sent.unwrap_or_default()),
+            _ => Event::CloseReceived(received.unwrap_or_default()),
         })
+    }
+
+    /// Client messages echoed whole over the connection's life.
+    pub fn messages_echoed(&self) -> u64 {
+        self.session.messages_echoed()
+    }
+
+    /// Times the engine stopped taking input because the peer was not
+    /// reading its echo fast enough (unsent output over `max_output_bytes`).
+    pub fn backpressure_stalls(&self) -> u64 {
+        self.stalls
     }
 
     /// Echo bytes (server frames) queued over the connection's life.
@@ -538,7 +590,11 @@ impl Connection {
         let result = self
             .rb
             .process(&mut self.session, &mut self.out, self.cfg.max_output_bytes);
-        self.backlog = matches!(result, Ok(Flow::Backlog));
+        let stalled = matches!(result, Ok(Flow::Backlog));
+        if stalled && !self.backlog {
+            self.stalls += 1;
+        }
+        self.backlog = stalled;
         match result {
             Ok(Flow::NeedMore | Flow::Backlog) => {}
             // The peer's close: our reply, if one was due, is queued after
@@ -723,7 +779,10 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSoc
         assert!(!s.conn.is_done());
         s.conn.handle_timeout(at10);
         assert!(s.conn.is_done());
-        assert_eq!(s.conn.poll_event(), Some(Event::TimedOut));
+        assert_eq!(
+            s.conn.poll_event(),
+            Some(Event::TimedOut(Deadline::Handshake))
+        );
     }
 
     #[test]
@@ -893,6 +952,67 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSoc
             .all(|(op, p)| *op == 0x82 && p.len() == 8000));
         assert_eq!(seen[100], (0x88, 1000u16.to_be_bytes().to_vec()));
         assert!(s.conn.is_done(), "the server closes TCP first (§7.1.1)");
+    }
+
+    fn events(conn: &mut Connection) -> Vec<Event> {
+        std::iter::from_fn(|| conn.poll_event()).collect()
+    }
+
+    #[test]
+    fn close_codes_are_reported_as_received_and_sent_section_7_1_5() {
+        // The peer's code comes back as its own (§5.5.1); a close without
+        // a code is reported as 1005 both ways.
+        for (payload, code) in [(1000u16.to_be_bytes().to_vec(), 1000), (vec![], 1005)] {
+            let mut s = Shell::open(Config::default());
+            let now = s.at(1);
+            s.pump(&frame(true, OpCode::Close, &payload), now);
+            let seen = events(&mut s.conn);
+            assert!(seen.contains(&Event::CloseReceived(code)), "{seen:?}");
+            assert!(seen.contains(&Event::CloseSent(code)), "{seen:?}");
+            assert!(events(&mut s.conn).is_empty(), "reported once");
+        }
+        // Ours: a protocol error's code, with no close received.
+        let mut s = Shell::open(Config::default());
+        let mut unmasked = frame(true, OpCode::Text, b"x");
+        unmasked[1] &= 0x7f;
+        let now = s.at(1);
+        s.feed(&unmasked, now);
+        s.drain(now);
+        let seen = events(&mut s.conn);
+        assert!(seen.contains(&Event::CloseSent(1002)), "{seen:?}");
+        assert!(!seen.iter().any(|e| matches!(e, Event::CloseReceived(_))));
+    }
+
+    #[test]
+    fn the_close_deadline_is_reported_apart_from_the_handshakes() {
+        let mut s = Shell::open(Config::default());
+        s.conn.shutdown(s.at(1));
+        s.drain(s.at(1));
+        assert_eq!(events(&mut s.conn), vec![Event::CloseSent(1001)]);
+        s.conn.handle_timeout(s.at(6));
+        assert!(s.conn.is_done());
+        assert_eq!(events(&mut s.conn), vec![Event::TimedOut(Deadline::Close)]);
+    }
+
+    #[test]
+    fn messages_are_counted_once_echoed_whole_and_stalls_once_per_stall() {
+        let mut s = Shell::open(Config::default());
+        let now = s.at(1);
+        let mut input = frame(true, OpCode::Text, b"one");
+        input.extend(frame(false, OpCode::Binary, b"tw"));
+        input.extend(frame(true, OpCode::Continuation, b"o"));
+        input.extend(frame(true, OpCode::Binary, b""));
+        s.pump(&input, now);
+        assert_eq!(s.conn.messages_echoed(), 3);
+        assert_eq!(s.conn.backpressure_stalls(), 0);
+        // A client that writes 100 messages and reads none: processing
+        // stops once, then resumes as it reads.
+        let big = frame(true, OpCode::Binary, &[9u8; 8000]).repeat(100);
+        let rest = s.feed(&big, now);
+        assert!(!rest.is_empty());
+        assert_eq!(s.conn.backpressure_stalls(), 1);
+        s.pump(rest, now);
+        assert_eq!(s.conn.messages_echoed(), 103);
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub mod close_code {
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// Never on the wire (§7.4.1): stands for a close frame without a code
+    /// where one is reported (§7.1.5).
+    pub const NO_STATUS: u16 = 1005;
 }
 
 /// A client's opening handshake broke a rule of RFC 6455 §4.2.1 (or a

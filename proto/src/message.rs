@@ -21,6 +21,7 @@
 use std::ops::Range;
 
 use super::close::parse_close_payload;
+use super::error::close_code;
 use super::frame::{
     encode_server_header, parse_client_header, server_header_len, ControlFrame, OpCode,
     MAX_SERVER_HEADER,
@@ -138,6 +139,13 @@ pub struct Session {
     echo_open: bool,
     utf8: Utf8Validator,
     close_sent: bool,
+    /// The code of the close frame handed out to be sent (1005 for one
+    /// without a code), once there is one.
+    sent_code: Option<u16>,
+    /// The code of the peer's close frame (1005 for none, §7.1.5).
+    received_code: Option<u16>,
+    /// Messages whose echo is complete.
+    messages: u64,
 }
 
 impl Session {
@@ -150,7 +158,21 @@ impl Session {
             echo_open: false,
             utf8: Utf8Validator::new(),
             close_sent: false,
+            sent_code: None,
+            received_code: None,
+            messages: 0,
         }
+    }
+
+    /// Close codes so far: the one sent and the peer's (1005 where a
+    /// close frame carried none, as §7.1.5 reports it).
+    pub fn close_codes(&self) -> (Option<u16>, Option<u16>) {
+        (self.sent_code, self.received_code)
+    }
+
+    /// Client messages echoed whole so far (their last byte is queued).
+    pub fn messages_echoed(&self) -> u64 {
+        self.messages
     }
 
     /// True when the next input byte continues a streamed frame's payload;
@@ -192,6 +214,7 @@ impl Session {
             return None;
         }
         self.close_sent = true;
+        self.sent_code = Some(code);
         Some(ControlFrame::close(Some(code), reason))
     }
 
@@ -361,6 +384,9 @@ impl Session {
             }
             Kind::Binary => apply_mask(chunk, key, offset),
         }
+        if message_done {
+            self.messages += 1;
+        }
         if let Some(from) = part_at {
             return Ok(Step {
                 next: end,
@@ -406,11 +432,13 @@ impl Session {
             OpCode::Close => {
                 let code = parse_close_payload(payload)?;
                 self.phase = Phase::Closed;
+                self.received_code = Some(code.unwrap_or(close_code::NO_STATUS));
                 // §5.5.1: answer a close we did not start, echoing its code.
                 let reply = if self.close_sent {
                     None
                 } else {
                     self.close_sent = true;
+                    self.sent_code = Some(code.unwrap_or(close_code::NO_STATUS));
                     Some(ControlFrame::close(code, ""))
                 };
                 Ok(Event::Closed { reply })

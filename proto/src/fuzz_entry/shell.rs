@@ -944,7 +944,9 @@ mod tests {
                     assert!(o.done_in_script);
                 }
                 "slow-handshake" => {
-                    assert!(o.events.contains(&Event::TimedOut));
+                    assert!(o
+                        .events
+                        .contains(&Event::TimedOut(crate::connection::Deadline::Handshake)));
                     assert!(o.done_in_script);
                 }
                 "own-request" => assert_eq!(o.frames, vec![(0x82, 2)]),
