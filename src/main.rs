@@ -35,6 +35,11 @@ test page that connects, sends \"WebSocket rocks\" and shows the echo.
 OPTIONS (defaults are safe on the open internet):
     --listen ADDR:PORT         Address to listen on [default: 127.0.0.1:9001].
                                Use 0.0.0.0:9001 (or [::]:9001) for all interfaces.
+    --metrics-listen ADDR:PORT Serve Prometheus metrics (/metrics), the JSON
+                               counters (/stats) and /healthz on this address,
+                               for operators only: keep it on loopback or a
+                               private network [default: off]. The WebSocket
+                               port serves / and /healthz, never the counters.
     --threads N                Shards: threads, each with its own I/O loop and
                                SO_REUSEPORT listener [default: available cores]
     --pin                      Pin shard i to the i-th CPU the process may use
@@ -145,6 +150,20 @@ fn main() -> ExitCode {
         libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut());
     }
     let drain = config.drain_timeout;
+    // Bound before the shards start, so a taken port is an error at once.
+    let metrics = match config.metrics_listen.map(server::metrics::bind).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            esay!(
+                "ringecho: cannot listen for metrics on {}: {e}",
+                config
+                    .metrics_listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match Server::start(config.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -167,6 +186,18 @@ fn main() -> ExitCode {
         server.io().name()
     );
     say!("test page: http://{page_host}/   health: http://{page_host}/healthz");
+    if let Some(listener) = metrics {
+        let at = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        if let Err(e) = server::metrics::serve(listener, server.all_stats()) {
+            esay!("ringecho: cannot start the metrics thread: {e}");
+            server.stop();
+            return ExitCode::FAILURE;
+        }
+        say!("metrics on http://{at}/metrics   counters: http://{at}/stats");
+    }
     say!(
         "connection capacity: {capacity} (RLIMIT_NOFILE {fd_limit}; at most {} per shard)",
         config.max_connections_per_shard
@@ -286,6 +317,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             "--listen" => {
                 let v = value("--listen")?;
                 c.listen = listen_addr(&v)?;
+            }
+            "--metrics-listen" => {
+                let v = value("--metrics-listen")?;
+                c.metrics_listen =
+                    Some(listen_addr(&v).map_err(|e| e.replace("--listen", "--metrics-listen"))?);
             }
             "--threads" => c.threads = count("--threads", &value("--threads")?, 1, 1024)?,
             "--pin" => c.pin = true,

@@ -21,6 +21,7 @@ use tokio_uring::net::TcpStream;
 use super::context::{signal, ConnCtl, ShardCtx};
 use super::http;
 use super::socket::send_now;
+use super::stats::Seen;
 use crate::protocol::connection::Connection;
 
 /// Slices per `writev`: well under IOV_MAX (1024), enough to batch the
@@ -41,7 +42,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: &ShardCtx, ctl: &ConnCtl) {
     let mut conn = Connection::new(ctx.engine.clone(), ctx.now());
     // Grows to what the connection's traffic needs and is then reused.
     let mut spare_batch: Vec<Bytes> = Vec::new();
-    let mut echoed = 0;
+    let mut seen = Seen::default();
     // The ops in flight live in pinned slots on this task's stack: each has
     // one concrete future type, so no allocation per read or write.
     let mut read_op = std::pin::pin!(None);
@@ -139,13 +140,8 @@ pub(crate) async fn serve(stream: TcpStream, ctx: &ShardCtx, ctl: &ConnCtl) {
                 }
             }
         }
-        http::answer_pending(&mut conn, &ctx.all_stats);
-        while let Some(event) = conn.poll_event() {
-            ctx.stats.count(event);
-        }
-        let total = conn.echoed_bytes();
-        ctx.stats.echo_bytes.add(total - echoed);
-        echoed = total;
+        http::answer_pending(&mut conn);
+        ctx.stats.sync(&mut conn, &mut seen);
     }
 
     // Complete whatever is still in flight before the socket can close.

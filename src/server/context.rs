@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
 
-use super::stats::{AllStats, ShardStats};
+use super::stats::ShardStats;
 use super::Config;
 use crate::protocol::connection;
 
@@ -18,7 +18,6 @@ pub(crate) struct ShardCtx {
     /// The engine's part of the configuration, shared by every connection.
     pub engine: Arc<connection::Config>,
     pub stats: Arc<ShardStats>,
-    pub all_stats: Arc<AllStats>,
     /// Coarse clock, advanced by the sweep: reading it on every I/O
     /// completion costs nothing.
     now: Cell<Instant>,
@@ -27,12 +26,11 @@ pub(crate) struct ShardCtx {
 }
 
 impl ShardCtx {
-    pub fn new(cfg: Arc<Config>, stats: Arc<ShardStats>, all_stats: Arc<AllStats>) -> ShardCtx {
+    pub fn new(cfg: Arc<Config>, stats: Arc<ShardStats>) -> ShardCtx {
         ShardCtx {
             engine: Arc::new(cfg.engine.clone()),
             cfg,
             stats,
-            all_stats,
             now: Cell::new(Instant::now()),
             conns: RefCell::new(Registry::default()),
             shutting_down: Cell::new(false),

@@ -16,7 +16,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::socket::out_of_resources;
-use super::stats::{AllStats, ShardStats};
+use super::stats::{AllStats, Seen, ShardStats};
 use super::{http, Config};
 use crate::protocol::Connection;
 
@@ -49,6 +49,8 @@ struct Conn {
     stream: TcpStream,
     conn: Connection,
     batch: Vec<Bytes>,
+    /// What the engine had reported when the shard last counted.
+    seen: Seen,
 }
 
 struct Shard {
@@ -56,7 +58,6 @@ struct Shard {
     cfg: Arc<Config>,
     engine: Arc<crate::protocol::connection::Config>,
     stats: Arc<ShardStats>,
-    all_stats: Arc<AllStats>,
     poll: Poll,
     listener: TcpListener,
     conns: Vec<Option<Conn>>,
@@ -88,7 +89,6 @@ pub(crate) fn start(
         id,
         engine: Arc::new(cfg.engine.clone()),
         stats: all_stats.0.get(id).cloned().unwrap_or_default(),
-        all_stats,
         cfg,
         poll,
         listener,
@@ -217,6 +217,7 @@ impl Shard {
             stream,
             conn: Connection::new(self.engine.clone(), now),
             batch: Vec::new(),
+            seen: Seen::default(),
         });
         self.live += 1;
         self.stats.active.incr();
@@ -244,10 +245,8 @@ impl Shard {
             match recv_into(&c.stream, &mut buf) {
                 Ok(n) => {
                     self.stats.bytes_in.add(n as u64);
-                    let before = c.conn.echoed_bytes();
                     c.conn.handle_read(buf, n, now);
-                    self.stats.echo_bytes.add(c.conn.echoed_bytes() - before);
-                    http::answer_pending(&mut c.conn, &self.all_stats);
+                    http::answer_pending(&mut c.conn);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     c.conn.cancel_read(buf);
@@ -256,9 +255,7 @@ impl Shard {
                 Err(_) => c.conn.handle_read(buf, 0, now),
             }
         }
-        while let Some(event) = c.conn.poll_event() {
-            self.stats.count(event);
-        }
+        self.stats.sync(&mut c.conn, &mut c.seen);
         if c.conn.is_done() {
             self.remove(i);
         } else if reads >= READS_PER_TURN {

@@ -1,19 +1,20 @@
 //! Plain HTTP on the WebSocket port: the echo test page, a health check,
-//! per-shard counters, and honest errors for everything else. One request per connection.
+//! and honest errors for everything else. One request per connection. The
+//! counters are on the operator's listener (`metrics.rs`), not here where
+//! anyone can read them.
 
-use super::stats::AllStats;
 use crate::protocol::handshake::{write_response, PlainRequest};
 use crate::protocol::Connection;
 
 /// Answer the plain HTTP request `conn` is waiting on, if there is one.
-pub fn answer_pending(conn: &mut Connection, stats: &AllStats) {
+pub fn answer_pending(conn: &mut Connection) {
     if let Some(req) = conn.take_http_request() {
         let mut response = Vec::new();
         let req = PlainRequest {
             method: &req.method,
             path: &req.path,
         };
-        respond(&req, stats, &mut response);
+        respond(&req, &mut response);
         conn.respond(response);
     }
 }
@@ -23,7 +24,7 @@ pub fn answer_pending(conn: &mut Connection, stats: &AllStats) {
 pub const ECHO_PAGE: &str = include_str!("echo.html");
 
 /// Answer a request that did not ask for an upgrade.
-pub fn respond(req: &PlainRequest<'_>, stats: &AllStats, out: &mut Vec<u8>) {
+pub fn respond(req: &PlainRequest<'_>, out: &mut Vec<u8>) {
     let head_only = req.method == "HEAD";
     if req.method != "GET" && !head_only {
         return write_response(
@@ -44,13 +45,6 @@ pub fn respond(req: &PlainRequest<'_>, stats: &AllStats, out: &mut Vec<u8>) {
             head_only,
         ),
         "/healthz" => write_response(out, 200, "text/plain; charset=utf-8", b"ok\n", head_only),
-        "/stats" => write_response(
-            out,
-            200,
-            "application/json",
-            stats.to_json().as_bytes(),
-            head_only,
-        ),
         _ => write_response(
             out,
             404,

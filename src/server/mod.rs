@@ -7,6 +7,7 @@ mod conn;
 mod context;
 mod epoll;
 pub mod http;
+pub mod metrics;
 mod ring;
 mod shard;
 mod socket;
@@ -30,6 +31,9 @@ use stats::{AllStats, ShardStats, Snapshot};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where `/metrics`, `/stats` and `/healthz` are served for operators;
+    /// off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Shards (threads, rings, listeners).
     pub threads: usize,
     /// Pin shard i to the i-th CPU this process may run on.
@@ -103,6 +107,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
+            metrics_listen: None,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin: false,
             engine: connection::Config::default(),
@@ -305,6 +310,11 @@ impl Server {
     /// Counters summed over shards.
     pub fn stats(&self) -> Snapshot {
         self.stats.total()
+    }
+
+    /// The shards' live counters, for the metrics listener.
+    pub fn all_stats(&self) -> Arc<AllStats> {
+        self.stats.clone()
     }
 
     /// Each shard's counters.

@@ -34,7 +34,7 @@ use uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::buf_ring::{self, BufRing};
 use super::socket::{out_of_resources, send_now};
-use super::stats::{AllStats, ShardStats};
+use super::stats::{AllStats, Seen, ShardStats};
 use super::{http, Config};
 use crate::protocol::Connection;
 
@@ -157,7 +157,8 @@ struct Slot {
     awaiting_room: bool,
     /// The socket is shut down; the slot goes once nothing is in flight.
     closing: bool,
-    echoed: u64,
+    /// What the engine had reported when the shard last counted.
+    seen: Seen,
 }
 
 struct Shard {
@@ -165,7 +166,6 @@ struct Shard {
     cfg: Arc<Config>,
     engine: Arc<crate::protocol::connection::Config>,
     stats: Arc<ShardStats>,
-    all_stats: Arc<AllStats>,
     ring: IoUring,
     /// Receive buffers shared by the shard's connections; declared after
     /// `ring` so the ring is gone first.
@@ -276,7 +276,6 @@ pub(crate) fn start(
             recv_multishot: cfg.recv_multishot,
             engine: Arc::new(cfg.engine.clone()),
             stats: all_stats.0.get(id).cloned().unwrap_or_default(),
-            all_stats,
             cfg,
             ring,
             listen_fd: listener.as_raw_fd(),
@@ -501,7 +500,7 @@ impl Shard {
                 } else {
                     self.stats.bytes_in.add(n as u64);
                     s.conn.handle_read(buf, n, now);
-                    http::answer_pending(&mut s.conn, &self.all_stats);
+                    http::answer_pending(&mut s.conn);
                 }
                 self.drive(slot, now);
             }
@@ -573,7 +572,7 @@ impl Shard {
                     self.stats.bytes_in.add(n as u64);
                     let data_at = self.pool.as_ref().map_or(0, BufRing::data_at);
                     s.conn.handle_received(buf, data_at, now);
-                    http::answer_pending(&mut s.conn, &self.all_stats);
+                    http::answer_pending(&mut s.conn);
                 }
             }
             (e, _) if e == -libc::ENOBUFS => {
@@ -651,7 +650,7 @@ impl Shard {
             socket_full: false,
             awaiting_room: false,
             closing: false,
-            echoed: 0,
+            seen: Seen::default(),
         });
         self.live += 1;
         self.stats.active.incr();
@@ -804,12 +803,7 @@ impl Shard {
                 );
                 s.recv = Some(buf);
             }
-            let total = s.conn.echoed_bytes();
-            self.stats.echo_bytes.add(total - s.echoed);
-            s.echoed = total;
-            while let Some(event) = s.conn.poll_event() {
-                self.stats.count(event);
-            }
+            self.stats.sync(&mut s.conn, &mut s.seen);
         }
         if let Some(pool) = self.pool.as_mut() {
             let min_pin = pool.min_pin();

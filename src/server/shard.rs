@@ -76,7 +76,7 @@ pub(crate) fn run(
         let listen_fd = listener.as_raw_fd();
         let listener = Rc::new(TcpListener::from_std(listener));
         let stats = all_stats.0.get(id).cloned().unwrap_or_default();
-        let ctx = Rc::new(ShardCtx::new(cfg.clone(), stats, all_stats));
+        let ctx = Rc::new(ShardCtx::new(cfg.clone(), stats));
 
         let sweeper = tokio_uring::spawn(sweep(ctx.clone()));
         let stopper = {

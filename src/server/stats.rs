@@ -37,7 +37,11 @@ macro_rules! stats {
         /// One shard's counters, padded so shards never share a cache line.
         #[derive(Debug, Default)]
         #[repr(align(128))]
-        pub struct ShardStats { $($(#[$doc])* pub $name: Counter,)* }
+        pub struct ShardStats {
+            $($(#[$doc])* pub $name: Counter,)*
+            /// Counters keyed by status or close code.
+            pub codes: CodeStats,
+        }
 
         /// A point-in-time sum (or one shard's values).
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -90,8 +94,18 @@ stats! {
     protocol_errors,
     /// Connections closed by the idle timeout.
     idle_closed,
-    /// Connections cut by a handshake, close or drain timeout.
+    /// Connections cut by a handshake or close timeout.
     timed_out,
+    /// Of those, cut by the handshake timeout.
+    timed_out_handshake,
+    /// Of those, cut by the close timeout (a closing handshake or a plain
+    /// answer not finished in time).
+    timed_out_close,
+    /// Client messages echoed whole.
+    messages_echoed,
+    /// Times a connection stopped taking input because its peer was not
+    /// reading the echo (unsent output over --max-output).
+    backpressure_stalls,
     /// Bytes read from sockets.
     bytes_in,
     /// Bytes written to sockets.
@@ -117,6 +131,78 @@ stats! {
     /// Of those buffers, how many are out of the ring now: held by
     /// connections or waiting for their echo to be written.
     recv_pool_in_use,
+}
+
+/// Counters by status or close code: the codes ringecho can see, each its
+/// own counter, and the rest summed under "other".
+#[derive(Debug)]
+pub struct ByCode<const N: usize> {
+    codes: [u16; N],
+    counts: [Counter; N],
+    other: Counter,
+}
+
+impl<const N: usize> ByCode<N> {
+    fn new(codes: [u16; N]) -> Self {
+        ByCode {
+            codes,
+            counts: std::array::from_fn(|_| Counter::default()),
+            other: Counter::default(),
+        }
+    }
+
+    pub fn incr(&self, code: u16) {
+        match self.codes.iter().position(|&c| c == code) {
+            Some(i) => self.counts[i].incr(),
+            None => self.other.incr(),
+        }
+    }
+
+    /// (code, count) for each known code, then (None, count) for the rest.
+    pub fn values(&self) -> impl Iterator<Item = (Option<u16>, u64)> + '_ {
+        self.codes
+            .iter()
+            .zip(&self.counts)
+            .map(|(&c, n)| (Some(c), n.get()))
+            .chain(std::iter::once((None, self.other.get())))
+    }
+}
+
+/// HTTP statuses a refused handshake gets (`HandshakeError::status`).
+const REFUSAL_STATUSES: [u16; 8] = [400, 403, 404, 405, 413, 426, 429, 431];
+/// Close codes of RFC 6455 §7.4.1 a peer may send or ringecho sends, 1005
+/// standing for a close frame without one.
+const CLOSE_CODES: [u16; 11] = [
+    1000, 1001, 1002, 1003, 1005, 1007, 1008, 1009, 1010, 1011, 1012,
+];
+
+/// A shard's counters keyed by code.
+#[derive(Debug)]
+pub struct CodeStats {
+    /// Handshakes refused, by HTTP status.
+    pub handshake_refused: ByCode<8>,
+    /// Close frames sent, by code.
+    pub close_sent: ByCode<11>,
+    /// Close frames received, by code.
+    pub close_received: ByCode<11>,
+}
+
+impl Default for CodeStats {
+    fn default() -> Self {
+        CodeStats {
+            handshake_refused: ByCode::new(REFUSAL_STATUSES),
+            close_sent: ByCode::new(CLOSE_CODES),
+            close_received: ByCode::new(CLOSE_CODES),
+        }
+    }
+}
+
+/// What a connection's engine had reported when its shard last counted.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Seen {
+    echo_bytes: u64,
+    messages: u64,
+    stalls: u64,
 }
 
 /// Every shard's counters, shared by all shards so any of them can report.
@@ -145,14 +231,44 @@ impl AllStats {
 impl ShardStats {
     /// Count something a connection's engine reported.
     pub fn count(&self, event: crate::protocol::Event) {
-        use crate::protocol::Event;
+        let codes = &self.codes;
+        use crate::protocol::{Deadline, Event};
         match event {
             Event::Upgraded => self.upgraded.incr(),
             Event::HttpRequest => self.http_requests.incr(),
-            Event::HandshakeRejected(_) => self.handshake_errors.incr(),
+            Event::HandshakeRejected(status) => {
+                self.handshake_errors.incr();
+                codes.handshake_refused.incr(status);
+            }
             Event::ProtocolError(_) => self.protocol_errors.incr(),
             Event::IdleClosed => self.idle_closed.incr(),
-            Event::TimedOut => self.timed_out.incr(),
+            Event::TimedOut(deadline) => {
+                self.timed_out.incr();
+                match deadline {
+                    Deadline::Handshake => self.timed_out_handshake.incr(),
+                    Deadline::Close => self.timed_out_close.incr(),
+                }
+            }
+            Event::CloseSent(code) => codes.close_sent.incr(code),
+            Event::CloseReceived(code) => codes.close_received.incr(code),
         }
+    }
+
+    /// Count what `conn` reported since `seen`: its events, and the echo
+    /// it queued. Called after every time a shell drives the engine, so
+    /// the counters are live, not settled at the connection's end.
+    pub fn sync(&self, conn: &mut crate::protocol::Connection, seen: &mut Seen) {
+        while let Some(event) = conn.poll_event() {
+            self.count(event);
+        }
+        let now = Seen {
+            echo_bytes: conn.echoed_bytes(),
+            messages: conn.messages_echoed(),
+            stalls: conn.backpressure_stalls(),
+        };
+        self.echo_bytes.add(now.echo_bytes - seen.echo_bytes);
+        self.messages_echoed.add(now.messages - seen.messages);
+        self.backpressure_stalls.add(now.stalls - seen.stalls);
+        *seen = now;
     }
 }

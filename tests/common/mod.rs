@@ -20,6 +20,8 @@ fn binary() -> std::ffi::OsString {
 pub struct Ringecho {
     child: Child,
     pub addr: SocketAddr,
+    /// The operator's listener: /metrics, /stats, /healthz.
+    pub metrics: SocketAddr,
 }
 
 impl Ringecho {
@@ -59,7 +61,7 @@ impl Ringecho {
             cmd.arg("--io").arg(io);
         }
         let mut child = cmd
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -69,18 +71,27 @@ impl Ringecho {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("ringecho listening on ws://") {
+                let found = line
+                    .strip_prefix("ringecho listening on ws://")
+                    .or_else(|| line.strip_prefix("metrics on http://"));
+                if let Some(rest) = found {
                     let addr = rest.split('/').next().unwrap().to_string();
                     let _ = tx.send(addr);
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("ringecho did not report its address")
-            .parse()
-            .unwrap();
-        Ringecho { child, addr }
+        let addr = || -> SocketAddr {
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("ringecho did not report its addresses")
+                .parse()
+                .unwrap()
+        };
+        let (addr, metrics) = (addr(), addr());
+        Ringecho {
+            child,
+            addr,
+            metrics,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -139,15 +150,14 @@ impl Ringecho {
         }
     }
 
-    /// Wait until `n` connections are open besides the stats request that
-    /// asks (which counts itself); returns the last totals seen.
+    /// Wait until `n` connections are open; returns the last totals seen.
     pub fn wait_active(&self, n: u64, timeout: Duration) -> serde_json::Value {
-        self.wait_stats(timeout, |t| t["active"] == n + 1)
+        self.wait_stats(timeout, |t| t["active"] == n)
     }
 
-    /// The server's /stats document.
+    /// The server's /stats document, from its metrics listener.
     pub fn stats(&self) -> serde_json::Value {
-        let (status, _, body) = http_get(self.addr, "/stats");
+        let (status, _, body) = http_get(self.metrics, "/stats");
         assert_eq!(status, 200);
         serde_json::from_slice(&body).unwrap()
     }
