@@ -46,8 +46,9 @@ LOAD OPTIONS (URL is ws://IP:PORT/PATH, or tcp://IP:PORT with --raw):
     --server-pid PID       Sample this process's CPU time over the measured window,
                            and its RSS before the run and under load (RSS per
                            connection in the report)
-    --server-stats         The target is ringecho: with --server-pid, also read its
-                           /stats for the connections open per shard
+    --server-stats ADDR    The target is ringecho with --metrics-listen ADDR: with
+                           --server-pid, also read its /stats there for the
+                           connections open per shard
     --drain SECS           After the window, time to wait for outstanding echoes before
                            counting them lost [default: 2]
     --connect-timeout SECS Time for all connections of a thread to be set up [default: 15]
@@ -140,8 +141,9 @@ pub struct LoadArgs {
     pub raw: bool,
     pub json: bool,
     pub server_pid: Option<u32>,
-    /// The target is ringecho: read its `/stats` for per-shard counts.
-    pub server_stats: bool,
+    /// The target is ringecho, whose metrics listener is here: read its
+    /// `/stats` for per-shard counts.
+    pub server_stats: Option<SocketAddr>,
     pub drain: Duration,
     pub connect_timeout: Duration,
     /// Hidden: this process is a child of a split run; print the JSON with
@@ -302,7 +304,7 @@ fn parse_load(args: &[String]) -> Result<LoadArgs, String> {
         raw: false,
         json: false,
         server_pid: None,
-        server_stats: false,
+        server_stats: None,
         drain: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(15),
         child: false,
@@ -346,7 +348,12 @@ fn parse_load(args: &[String]) -> Result<LoadArgs, String> {
             "--raw" => a.raw = true,
             "--json" => a.json = true,
             "--server-pid" => a.server_pid = Some(f.num(flag)?),
-            "--server-stats" => a.server_stats = true,
+            "--server-stats" => {
+                let v = f.value(flag)?;
+                a.server_stats = Some(v.parse().map_err(|_| {
+                    format!("--server-stats: '{v}' is not ADDR:PORT (ringecho's --metrics-listen)")
+                })?);
+            }
             "--drain" => a.drain = f.secs(flag)?,
             "--connect-timeout" => a.connect_timeout = f.secs(flag)?,
             "--child" => a.child = true,

@@ -13,6 +13,8 @@ use crate::report::Report;
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// ringecho's metrics listener, when started by `start_ringecho`.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Server {
@@ -81,10 +83,52 @@ pub fn start_server(name: &str, mut cmd: Command, cpus: &[usize]) -> Result<Serv
     let mut server = Server {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics: None,
     };
     server.addr = rx
         .recv_timeout(Duration::from_secs(10))
         .map_err(|_| format!("{name} did not report its address within 10 s"))?;
+    Ok(server)
+}
+
+/// Start ringecho (`cmd`, which must not set its own `--metrics-listen`)
+/// with a metrics listener on an ephemeral loopback port, pinned to `cpus`;
+/// wait until it reports both addresses.
+pub fn start_ringecho(mut cmd: Command, cpus: &[usize]) -> Result<Server, String> {
+    cmd.args(["--metrics-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null());
+    let mut child = spawn_pinned(cmd, cpus)?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(a) = listening_addr(&line) {
+                let _ = tx.send((false, a));
+            } else if let Some(rest) = line.strip_prefix("metrics on http://") {
+                let end = rest.find('/').unwrap_or(rest.len());
+                if let Ok(a) = rest[..end].parse() {
+                    let _ = tx.send((true, a));
+                }
+            }
+        }
+    });
+    let mut server = Server {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics: None,
+    };
+    for _ in 0..2 {
+        let (is_metrics, a) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| "ringecho did not report its addresses within 10 s".to_string())?;
+        if is_metrics {
+            server.metrics = Some(a);
+        } else {
+            server.addr = a;
+        }
+    }
     Ok(server)
 }
 

@@ -1,5 +1,6 @@
 //! Watching the server process from outside while load runs: its RSS and
-//! descriptors from /proc, and, for ringecho, its `/stats` counters, so a
+//! descriptors from /proc, and, for ringecho, the `/stats` counters of its
+//! metrics listener, so a
 //! report can say what each connection costs and how the shards share them.
 
 use std::io::{Read, Write};
@@ -37,21 +38,17 @@ pub fn ringecho_stats(addr: SocketAddr) -> Option<serde_json::Value> {
     serde_json::from_slice(all.get(at..)?).ok()
 }
 
-/// Open connections per shard, not counting the stats request that asked
-/// (it is one of them, on one shard).
+/// Open connections per shard (the stats request, on the metrics
+/// listener, is not one of them).
 pub fn ringecho_active(addr: SocketAddr) -> Option<Vec<u64>> {
     let stats = ringecho_stats(addr)?;
-    let mut shards: Vec<u64> = stats["shards"]
-        .as_array()?
-        .iter()
-        .map(|s| s["active"].as_u64().unwrap_or(0))
-        .collect();
-    if let Some(busiest) = shards.iter_mut().max() {
-        // Which shard served the request is unknown; the count is off by one
-        // on at most one shard.
-        *busiest = busiest.saturating_sub(1);
-    }
-    Some(shards)
+    Some(
+        stats["shards"]
+            .as_array()?
+            .iter()
+            .map(|s| s["active"].as_u64().unwrap_or(0))
+            .collect(),
+    )
 }
 
 /// What the server process looked like under the load.
@@ -83,8 +80,8 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Start sampling `pid` twice a second; `stats` is ringecho's address
-    /// for `/stats`.
+    /// Start sampling `pid` twice a second; `stats` is ringecho's metrics
+    /// listener, for `/stats`.
     pub fn start(pid: u32, stats: Option<SocketAddr>) -> Watch {
         let before = rss_kib(pid).unwrap_or(0);
         let stop = Arc::new(AtomicBool::new(false));

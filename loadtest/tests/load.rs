@@ -383,7 +383,7 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
 /// both processes serve a share.
 #[test]
 fn haproxy_in_tcp_mode_spreads_verified_echoes_over_two_ringecho_processes() {
-    let backends = [ringecho(), ringecho()];
+    let backends = [ringecho_with_metrics(), ringecho_with_metrics()];
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -407,8 +407,8 @@ fn haproxy_in_tcp_mode_spreads_verified_echoes_over_two_ringecho_processes() {
     }
     let config = documented
         .replace("0.0.0.0:80", &format!("127.0.0.1:{port}"))
-        .replace("127.0.0.1:9001", &backends[0].addr.to_string())
-        .replace("127.0.0.1:9002", &backends[1].addr.to_string());
+        .replace("127.0.0.1:9001", &backends[0].0.addr.to_string())
+        .replace("127.0.0.1:9002", &backends[1].0.addr.to_string());
     std::fs::write(&cfg, config).unwrap();
     let child = Command::new("haproxy")
         .arg("-db")
@@ -448,14 +448,145 @@ fn haproxy_in_tcp_mode_spreads_verified_echoes_over_two_ringecho_processes() {
     assert_eq!(r["error_total"], 0, "{r}");
     assert_eq!(r["connections_open"], 20, "{r}");
     let mut upgraded = 0;
-    for b in &backends {
+    for (_, metrics_at) in &backends {
         let stats: serde_json::Value =
-            serde_json::from_str(&http_get(b.addr, "/stats")).expect("/stats is JSON");
+            serde_json::from_str(&http_get(*metrics_at, "/stats")).expect("/stats is JSON");
         let n = stats["total"]["upgraded"].as_u64().unwrap_or(0);
         assert!(n >= 5, "a backend served only {n} of 20: {stats}");
         upgraded += n;
     }
     assert!(upgraded >= 20, "{upgraded}");
+}
+
+/// ringecho with its metrics listener: the server and the listener's
+/// address.
+fn ringecho_with_metrics() -> (Server, SocketAddr) {
+    let mut cmd = Command::new(ringecho_bin());
+    cmd.args(["--threads", "2", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn ringecho");
+    let stdout = child.stdout.take().expect("ringecho stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let found = line
+                .strip_prefix("ringecho listening on ws://")
+                .map(|r| (false, r.to_string()))
+                .or_else(|| {
+                    line.strip_prefix("metrics on http://")
+                        .map(|r| (true, r.to_string()))
+                });
+            if let Some((metrics, rest)) = found {
+                let end = rest.find('/').unwrap_or(rest.len());
+                if let Ok(a) = rest[..end].parse::<SocketAddr>() {
+                    let _ = tx.send((metrics, a));
+                }
+            }
+        }
+    });
+    let mut server = Server {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    let mut metrics = None;
+    for _ in 0..2 {
+        let (is_metrics, a) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("ringecho reports both addresses");
+        if is_metrics {
+            metrics = Some(a);
+        } else {
+            server.addr = a;
+        }
+    }
+    (server, metrics.expect("a metrics address"))
+}
+
+/// The sum over shards of a Prometheus sample, e.g.
+/// `ringecho_messages_echoed_total`.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Metrics scraped after a load run agree with what the load generator
+/// counted: every connection, and every echo it verified, plus at most one
+/// message per connection at each edge of its measured window (echoes that
+/// arrive just outside it are verified but not counted).
+#[test]
+fn metrics_scraped_after_a_run_match_the_load_generators_counts() {
+    let (server, metrics_at) = ringecho_with_metrics();
+    let (status, r) = load(
+        &server,
+        &[
+            "--connections",
+            "20",
+            "--size",
+            "100",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+        ],
+    );
+    assert!(status.success(), "{r}");
+    assert_eq!(r["error_total"], 0, "{r}");
+    let text = http_get(metrics_at, "/metrics");
+    let verified = r["messages"].as_u64().unwrap();
+    let echoed = metric(&text, "ringecho_messages_echoed_total");
+    assert!(
+        echoed >= verified && echoed <= verified + 2 * 20,
+        "server echoed {echoed}, client verified {verified}\n{text}"
+    );
+    assert_eq!(
+        metric(&text, "ringecho_connections_upgraded_total"),
+        20,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "ringecho_connections_accepted_total"),
+        20,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "ringecho_protocol_errors_total"), 0, "{text}");
+    // Each closed with a normal close, received and answered.
+    let closes = |text: &str, dir: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("ringecho_close_frames_{dir}_total{{")))
+            .filter(|l| l.contains("code=\"1000\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut text = text;
+    while closes(&text, "received") < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        text = http_get(metrics_at, "/metrics");
+    }
+    assert_eq!(closes(&text, "received"), 20, "{text}");
+    assert_eq!(closes(&text, "sent"), 20, "{text}");
+    // The counters are for operators: not on the public port.
+    assert_eq!(http_get_status(server.addr, "/stats"), 404);
+    assert_eq!(http_get_status(server.addr, "/healthz"), 200);
+    assert_eq!(http_get_status(metrics_at, "/healthz"), 200);
+}
+
+/// The status of `GET path` on `addr`.
+fn http_get_status(addr: SocketAddr, path: &str) -> u16 {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect for GET");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut all = String::new();
+    let _ = s.read_to_string(&mut all);
+    all.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]

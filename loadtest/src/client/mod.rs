@@ -38,10 +38,7 @@ pub fn run(args: LoadArgs) -> Result<Report, String> {
     // The top-level process watches the server; children of a split run
     // leave it to their parent.
     let watch = match args.server_pid {
-        Some(pid) if !args.child => Some(crate::server_watch::Watch::start(
-            pid,
-            args.server_stats.then_some(args.addr),
-        )),
+        Some(pid) if !args.child => Some(crate::server_watch::Watch::start(pid, args.server_stats)),
         _ => None,
     };
     let mut report = if args.connections > per_process && !args.child {

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::chart::Panel;
 use crate::cli::{parse_cpu_list, SoakArgs};
-use crate::process::{load_args, run_load, start_server, Server};
+use crate::process::{load_args, run_load, start_ringecho, Server};
 use crate::report::Report;
 use crate::server_watch::{open_fds, ringecho_active, ringecho_stats, rss_kib};
 use hostile::{Hostiles, KindSummary, Plan};
@@ -131,11 +131,14 @@ pub fn run(a: SoakArgs) -> Result<bool, String> {
     cmd.args(["--listen", "127.0.0.1:0", "--threads"])
         .arg(server_cpus.len().to_string())
         .args(&a.server_args);
-    let server = start_server("ringecho", cmd, &server_cpus)?;
+    let server = start_ringecho(cmd, &server_cpus)?;
+    let stats_at = server
+        .metrics
+        .ok_or("ringecho reported no metrics listener")?;
     let t0 = Instant::now();
     let slack = Duration::from_secs(120);
     let limit = t0 + a.baseline + a.duration + a.ramp + a.recovery + slack;
-    let sampler = Sampler::start(server.pid(), server.addr, t0, limit);
+    let sampler = Sampler::start(server.pid(), stats_at, t0, limit);
 
     eprintln!(
         "soak: baseline: {} well-behaved connections at {} msgs/s for {:?}",
@@ -147,7 +150,7 @@ pub fn run(a: SoakArgs) -> Result<bool, String> {
         &client_cpus,
         a.baseline + slack,
     )?;
-    let before = sample(server.pid(), server.addr, t0);
+    let before = sample(server.pid(), stats_at, t0);
     eprintln!(
         "soak: baseline p99 {} µs, {} errors; server RSS {} KiB, {} descriptors",
         baseline.latency_us.p99, baseline.error_total, before.rss_kib, before.fds
@@ -187,12 +190,12 @@ pub fn run(a: SoakArgs) -> Result<bool, String> {
     // Every hostile connection is gone from the client side; the server
     // must notice each (resets at once, the rest at their timeouts).
     let deadline = Instant::now() + a.recovery;
-    let mut end = sample(server.pid(), server.addr, t0);
+    let mut end = sample(server.pid(), stats_at, t0);
     while (end.active != Some(0) || end.fds > before.fds) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
-        end = sample(server.pid(), server.addr, t0);
+        end = sample(server.pid(), stats_at, t0);
     }
-    let server_stats = ringecho_stats(server.addr).unwrap_or_default();
+    let server_stats = ringecho_stats(stats_at).unwrap_or_default();
     let mut samples = sampler.finish();
     samples.push(end);
     drop(server);
