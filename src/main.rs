@@ -23,6 +23,16 @@ macro_rules! esay {
     }};
 }
 
+/// An error that stops the server: a plain line on stderr for whoever
+/// started it, and an error event in the log.
+macro_rules! fail {
+    ($($arg:tt)*) => {{
+        let msg = format!($($arg)*);
+        esay!("ringecho: {msg}");
+        tracing::error!("{msg}");
+    }};
+}
+
 const HELP: &str = "\
 ringecho — a WebSocket (RFC 6455) echo server on io_uring
 
@@ -35,6 +45,14 @@ test page that connects, sends \"WebSocket rocks\" and shows the echo.
 OPTIONS (defaults are safe on the open internet):
     --listen ADDR:PORT         Address to listen on [default: 127.0.0.1:9001].
                                Use 0.0.0.0:9001 (or [::]:9001) for all interfaces.
+    --log-format text|json     Logs on stdout as text lines or one JSON object
+                               per line [default: text]; RUST_LOG filters them
+                               (default info; debug adds one line per
+                               connection: peer, duration, bytes, close codes;
+                               nothing is logged per message)
+    --trust-proxy IP[,IP...]   Proxies whose Forwarded / X-Forwarded-For report
+                               of the client address is logged with the
+                               connection [default: none, never logged]
     --metrics-listen ADDR:PORT Serve Prometheus metrics (/metrics), the JSON
                                counters (/stats) and /healthz on this address,
                                for operators only: keep it on loopback or a
@@ -134,10 +152,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(config.log_json);
     let fd_limit = match server::raise_fd_limit() {
         Ok(n) => n,
         Err(e) => {
-            esay!("ringecho: cannot read the descriptor limit: {e}");
+            fail!("cannot read the descriptor limit: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -154,8 +173,8 @@ fn main() -> ExitCode {
     let metrics = match config.metrics_listen.map(server::metrics::bind).transpose() {
         Ok(m) => m,
         Err(e) => {
-            esay!(
-                "ringecho: cannot listen for metrics on {}: {e}",
+            fail!(
+                "cannot listen for metrics on {}: {e}",
                 config
                     .metrics_listen
                     .map(|a| a.to_string())
@@ -167,7 +186,7 @@ fn main() -> ExitCode {
     let server = match Server::start(config.clone()) {
         Ok(s) => s,
         Err(e) => {
-            esay!("ringecho: {e}");
+            fail!("{e}");
             return ExitCode::FAILURE;
         }
     };
@@ -180,27 +199,39 @@ fn main() -> ExitCode {
     // Up to four descriptors per shard (the listener and a duplicate of it,
     // a ring or epoll instance, an eventfd) plus stdio.
     let capacity = fd_limit.saturating_sub(4 * server.shards() as u64 + 16);
-    say!(
+    tracing::info!(
         "ringecho listening on ws://{addr}/ with {} on {}",
         plural(server.shards() as u64, "shard"),
         server.io().name()
     );
-    say!("test page: http://{page_host}/   health: http://{page_host}/healthz");
+    tracing::info!("test page: http://{page_host}/   health: http://{page_host}/healthz");
     if let Some(listener) = metrics {
         let at = listener
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
         if let Err(e) = server::metrics::serve(listener, server.all_stats()) {
-            esay!("ringecho: cannot start the metrics thread: {e}");
+            fail!("cannot start the metrics thread: {e}");
             server.stop();
             return ExitCode::FAILURE;
         }
-        say!("metrics on http://{at}/metrics   counters: http://{at}/stats");
+        tracing::info!("metrics on http://{at}/metrics   counters: http://{at}/stats");
     }
-    say!(
+    tracing::info!(
         "connection capacity: {capacity} (RLIMIT_NOFILE {fd_limit}; at most {} per shard)",
         config.max_connections_per_shard
+    );
+    tracing::info!(
+        io = server.io().name(),
+        shards = server.shards(),
+        max_connections_per_shard = config.max_connections_per_shard,
+        max_message_size = config.engine.max_message_size,
+        max_output = config.engine.max_output_bytes,
+        handshake_timeout_ms = config.engine.handshake_timeout.as_millis() as u64,
+        idle_timeout_ms = config.engine.idle_timeout.as_millis() as u64,
+        close_timeout_ms = config.engine.close_timeout.as_millis() as u64,
+        drain_timeout_ms = drain.as_millis() as u64,
+        "limits"
     );
 
     let mut stopping = false;
@@ -210,13 +241,15 @@ fn main() -> ExitCode {
         }
         match wait_signal(&signals, Duration::from_millis(200)) {
             Some(sig) if stopping => {
-                esay!("ringecho: signal {sig} again, exiting now");
+                tracing::warn!("signal {sig} again, exiting now");
                 // The shell's convention for death by a signal: 130 for
                 // SIGINT, 143 for SIGTERM.
                 return ExitCode::from(128u8.saturating_add(sig.clamp(0, 127) as u8));
             }
             Some(_) => {
-                say!("shutting down: closing connections with 1001, waiting up to {drain:?}");
+                tracing::info!(
+                    "shutting down: closing connections with 1001, waiting up to {drain:?}"
+                );
                 server.begin_shutdown();
                 stopping = true;
             }
@@ -224,7 +257,11 @@ fn main() -> ExitCode {
         }
     }
     let s = server.stats();
-    say!(
+    tracing::info!(
+        accepted = s.accepted,
+        upgraded = s.upgraded,
+        protocol_errors = s.protocol_errors,
+        timed_out = s.timed_out,
         "stopped: {} accepted, {} upgraded, {}, {} timed out",
         plural(s.accepted, "connection"),
         s.upgraded,
@@ -233,6 +270,23 @@ fn main() -> ExitCode {
     );
     server.stop();
     ExitCode::SUCCESS
+}
+
+/// Logs go to stdout, as text or one JSON object per line, filtered by
+/// `RUST_LOG` (default `info`; `debug` adds a line per connection).
+/// Errors that stop the server go to stderr as well, as plain lines.
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(false).init();
+    }
 }
 
 fn stop_signals() -> libc::sigset_t {
@@ -317,6 +371,22 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             "--listen" => {
                 let v = value("--listen")?;
                 c.listen = listen_addr(&v)?;
+            }
+            "--log-format" => {
+                c.log_json = match value("--log-format")?.as_str() {
+                    "text" => false,
+                    "json" => true,
+                    other => return Err(format!("--log-format: '{other}' is not text or json")),
+                }
+            }
+            "--trust-proxy" => {
+                let v = value("--trust-proxy")?;
+                for ip in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    c.trust_proxy.push(
+                        ip.parse()
+                            .map_err(|_| format!("--trust-proxy: '{ip}' is not an IP address"))?,
+                    );
+                }
             }
             "--metrics-listen" => {
                 let v = value("--metrics-listen")?;

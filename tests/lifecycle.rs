@@ -184,11 +184,19 @@ fn without_io_uring_the_default_serves_through_epoll_and_says_why_in_one_line() 
             let _ = tx.send(line);
         }
     });
-    let first = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("a start-up line");
+    // The log says why too, then where it listens.
+    let first = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a start-up line");
+        if line.contains("listening on") {
+            break line;
+        }
+        assert!(line.contains("serving through epoll"), "{line}");
+    };
     let addr = first
-        .strip_prefix("ringecho listening on ws://")
+        .find("ringecho listening on ws://")
+        .map(|i| &first[i + "ringecho listening on ws://".len()..])
         .and_then(|r| r.split('/').next())
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("unexpected start-up line: {first}"));

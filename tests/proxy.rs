@@ -158,6 +158,42 @@ fn ws_through_nginx_echoes_every_frame_and_closes_cleanly() {
     assert_eq!(total["protocol_errors"].as_u64(), Some(0), "{total}");
 }
 
+/// With `--trust-proxy`, the connection's log line names the client
+/// nginx saw, not what the client claimed before it.
+#[test]
+fn the_client_address_nginx_reports_is_logged_for_a_trusted_proxy() {
+    use std::io::{Read, Write};
+    let server = Ringecho::start_with_env(
+        &["--threads", "1", "--trust-proxy", "127.0.0.1"],
+        &[("RUST_LOG", "debug")],
+    );
+    let proxy = nginx(server.addr);
+    let mut c = TcpStream::connect(proxy.plain).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = common::upgrade_request(proxy.plain)
+        .replace("\r\n\r\n", "\r\nX-Forwarded-For: 203.0.113.50\r\n\r\n");
+    c.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut byte).unwrap(), 1, "the handshake answer");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    c.write_all(&client_frame(true, 0x8, &1000u16.to_be_bytes()))
+        .unwrap();
+    assert_eq!(read_close(&mut c), Some(1000));
+    let line = server
+        .wait_log(Duration::from_secs(5), |l| l.contains("connection closed"))
+        .expect("a line for the connection");
+    assert!(line.contains("client=\"127.0.0.1\""), "{line}");
+    assert!(!line.contains("203.0.113.50"), "{line}");
+}
+
 #[test]
 fn the_page_over_https_through_nginx_picks_wss_by_itself() {
     let server = Ringecho::start(&["--threads", "1"]);

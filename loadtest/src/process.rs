@@ -106,7 +106,10 @@ pub fn start_ringecho(mut cmd: Command, cpus: &[usize]) -> Result<Server, String
             let Ok(line) = line else { break };
             if let Some(a) = listening_addr(&line) {
                 let _ = tx.send((false, a));
-            } else if let Some(rest) = line.strip_prefix("metrics on http://") {
+            } else if let Some(rest) = line
+                .find("metrics on http://")
+                .map(|i| &line[i + "metrics on http://".len()..])
+            {
                 let end = rest.find('/').unwrap_or(rest.len());
                 if let Ok(a) = rest[..end].parse() {
                     let _ = tx.send((true, a));

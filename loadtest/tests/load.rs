@@ -471,13 +471,14 @@ fn ringecho_with_metrics() -> (Server, SocketAddr) {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let found = line
-                .strip_prefix("ringecho listening on ws://")
-                .map(|r| (false, r.to_string()))
-                .or_else(|| {
-                    line.strip_prefix("metrics on http://")
-                        .map(|r| (true, r.to_string()))
-                });
+            // Log lines: the message follows a timestamp and a level.
+            let after = |marker: &str| {
+                line.find(marker)
+                    .map(|i| line[i + marker.len()..].to_string())
+            };
+            let found = after("ringecho listening on ws://")
+                .map(|r| (false, r))
+                .or_else(|| after("metrics on http://").map(|r| (true, r)));
             if let Some((metrics, rest)) = found {
                 let end = rest.find('/').unwrap_or(rest.len());
                 if let Ok(a) = rest[..end].parse::<SocketAddr>() {

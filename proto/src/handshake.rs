@@ -93,6 +93,12 @@ pub struct UpgradeRequest<'a> {
     /// Sec-WebSocket-Extensions offers, one entry per comma-separated offer
     /// with its parameters, in order, trimmed (§4.2.1 item 9, §9.1).
     pub extensions: Vec<&'a str>,
+    /// The client address the nearest proxy reported: the `for=` of the
+    /// last `Forwarded` element (RFC 7239 §4, quotes removed), else the
+    /// last `X-Forwarded-For` entry. Only the nearest hop: whatever a
+    /// client put before it is its own claim. Whether the proxy is to be
+    /// believed is the server's decision (`--trust-proxy`).
+    pub forwarded_for: Option<&'a str>,
 }
 
 /// Parse the opening handshake from the bytes received so far
@@ -215,7 +221,39 @@ fn validate_upgrade<'a>(
         key,
         protocols,
         extensions,
+        forwarded_for: nearest_forwarded_for(headers),
     })
+}
+
+/// See [`UpgradeRequest::forwarded_for`]. Headers that are not UTF-8, or
+/// an empty last element, report nothing.
+fn nearest_forwarded_for<'a>(headers: &[httparse::Header<'a>]) -> Option<&'a str> {
+    let last = |name: &str| {
+        headers
+            .iter()
+            .rev()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(trim(h.value)).ok())
+    };
+    if let Some(v) = last("forwarded") {
+        // RFC 7239 §4: elements separated by commas (the nearest proxy's
+        // last), pairs within one by semicolons.
+        let element = v.rsplit(',').next()?;
+        return element.split(';').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            if !k.trim().eq_ignore_ascii_case("for") {
+                return None;
+            }
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            (!v.is_empty()).then_some(v)
+        });
+    }
+    let v = last("x-forwarded-for")?.rsplit(',').next()?.trim();
+    (!v.is_empty()).then_some(v)
 }
 
 fn has_header(headers: &[httparse::Header<'_>], name: &str) -> bool {

@@ -19,6 +19,6 @@ pub mod read_buffer;
 pub mod testkit;
 pub mod utf8;
 
-pub use connection::{Connection, Deadline, Event, HttpRequest};
+pub use connection::{Connection, Deadline, Event, HttpRequest, Summary};
 pub use error::{close_code, Error, HandshakeError};
 pub use read_buffer::ReadSizing;

@@ -43,6 +43,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: &ShardCtx, ctl: &ConnCtl) {
     // Grows to what the connection's traffic needs and is then reused.
     let mut spare_batch: Vec<Bytes> = Vec::new();
     let mut seen = Seen::default();
+    let peer = super::log::peer_if_logged(&stream);
     // The ops in flight live in pinned slots on this task's stack: each has
     // one concrete future type, so no allocation per read or write.
     let mut read_op = std::pin::pin!(None);
@@ -144,6 +145,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: &ShardCtx, ctl: &ConnCtl) {
         ctx.stats.sync(&mut conn, &mut seen);
     }
 
+    super::log::connection_ended(peer.as_deref(), &conn, &ctx.cfg.trust_proxy);
     // Complete whatever is still in flight before the socket can close.
     let _ = stream.shutdown(Shutdown::Both);
     if let Some(op) = read_op.as_pin_mut() {

@@ -51,6 +51,8 @@ struct Conn {
     batch: Vec<Bytes>,
     /// What the engine had reported when the shard last counted.
     seen: Seen,
+    /// The peer, kept for the connection's log line at debug level only.
+    peer: Option<Box<std::net::SocketAddr>>,
 }
 
 struct Shard {
@@ -213,11 +215,13 @@ impl Shard {
             self.free.push(slot);
             return;
         }
+        let peer = super::log::peer_if_logged(&stream);
         self.conns[slot] = Some(Conn {
             stream,
             conn: Connection::new(self.engine.clone(), now),
             batch: Vec::new(),
             seen: Seen::default(),
+            peer,
         });
         self.live += 1;
         self.stats.active.incr();
@@ -305,6 +309,7 @@ impl Shard {
     fn remove(&mut self, i: usize) {
         if let Some(mut c) = self.conns.get_mut(i).and_then(Option::take) {
             let _ = self.poll.registry().deregister(&mut c.stream);
+            super::log::connection_ended(c.peer.as_deref(), &c.conn, &self.cfg.trust_proxy);
             self.stats.copied_bytes.add(c.conn.carried_bytes());
             self.live -= 1;
             self.stats.active.sub(1);

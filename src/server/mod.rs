@@ -7,6 +7,7 @@ mod conn;
 mod context;
 mod epoll;
 pub mod http;
+pub mod log;
 pub mod metrics;
 mod ring;
 mod shard;
@@ -34,6 +35,11 @@ pub struct Config {
     /// Where `/metrics`, `/stats` and `/healthz` are served for operators;
     /// off when `None`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` report of the client
+    /// address is logged; nobody else's is.
+    pub trust_proxy: Vec<std::net::IpAddr>,
+    /// Logs as JSON lines rather than text (read by `main`, not the shells).
+    pub log_json: bool,
     /// Shards (threads, rings, listeners).
     pub threads: usize,
     /// Pin shard i to the i-th CPU this process may run on.
@@ -108,6 +114,8 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
             metrics_listen: None,
+            trust_proxy: Vec::new(),
+            log_json: false,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin: false,
             engine: connection::Config::default(),
@@ -190,6 +198,10 @@ impl Server {
                     eprintln!(
                         "ringecho: {first}; serving through epoll instead \
                          (--io epoll chooses it, --io ring requires io_uring)"
+                    );
+                    tracing::warn!(
+                        reason = first,
+                        "io_uring unavailable: serving through epoll"
                     );
                     Io::Epoll
                 }

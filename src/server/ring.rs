@@ -159,6 +159,8 @@ struct Slot {
     closing: bool,
     /// What the engine had reported when the shard last counted.
     seen: Seen,
+    /// The peer, kept for the connection's log line at debug level only.
+    peer: Option<Box<std::net::SocketAddr>>,
 }
 
 struct Shard {
@@ -639,6 +641,7 @@ impl Shard {
             self.slots.len() - 1
         });
         self.slots[slot] = Some(Slot {
+            peer: super::log::peer_if_logged(&stream),
             stream,
             conn: Connection::new(self.engine.clone(), now),
             recv: None,
@@ -849,6 +852,7 @@ impl Shard {
         }
         if !in_flight {
             if let Some(mut s) = self.slots[i].take() {
+                super::log::connection_ended(s.peer.as_deref(), &s.conn, &self.cfg.trust_proxy);
                 if let Some(pool) = self.pool.as_mut() {
                     s.conn.release_all(&mut self.released);
                     pool.give_back(&mut self.released);

@@ -201,8 +201,10 @@ impl Default for CodeStats {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Seen {
     echo_bytes: u64,
-    messages: u64,
-    stalls: u64,
+    // The low 32 bits of the totals: this is kept per connection, and the
+    // deltas between two syncs are far below 2^32.
+    messages: u32,
+    stalls: u32,
 }
 
 /// Every shard's counters, shared by all shards so any of them can report.
@@ -263,12 +265,14 @@ impl ShardStats {
         }
         let now = Seen {
             echo_bytes: conn.echoed_bytes(),
-            messages: conn.messages_echoed(),
-            stalls: conn.backpressure_stalls(),
+            messages: conn.messages_echoed() as u32,
+            stalls: conn.backpressure_stalls() as u32,
         };
         self.echo_bytes.add(now.echo_bytes - seen.echo_bytes);
-        self.messages_echoed.add(now.messages - seen.messages);
-        self.backpressure_stalls.add(now.stalls - seen.stalls);
+        self.messages_echoed
+            .add(u64::from(now.messages.wrapping_sub(seen.messages)));
+        self.backpressure_stalls
+            .add(u64::from(now.stalls.wrapping_sub(seen.stalls)));
         *seen = now;
     }
 }

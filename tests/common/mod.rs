@@ -22,6 +22,8 @@ pub struct Ringecho {
     pub addr: SocketAddr,
     /// The operator's listener: /metrics, /stats, /healthz.
     pub metrics: SocketAddr,
+    /// Every line the server has logged on stdout so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Ringecho {
@@ -55,6 +57,32 @@ impl Ringecho {
         Ringecho::start_command(cmd, args)
     }
 
+    /// As `start`, with `env` set for the server (say, `RUST_LOG`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Ringecho {
+        let mut cmd = Command::new(binary());
+        cmd.envs(env.iter().copied());
+        Ringecho::start_command(cmd, args)
+    }
+
+    /// The lines logged so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait up to `timeout` for a logged line that `pred` accepts.
+    pub fn wait_log(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log_lines().into_iter().find(|l| pred(l)) {
+                return Some(l);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn start_command(mut cmd: Command, args: &[&str]) -> Ringecho {
         // The suites run against every I/O shell: RINGECHO_IO picks one.
         if let Some(io) = std::env::var_os("RINGECHO_IO") {
@@ -69,11 +97,15 @@ impl Ringecho {
             .expect("spawn ringecho");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let found = line
-                    .strip_prefix("ringecho listening on ws://")
-                    .or_else(|| line.strip_prefix("metrics on http://"));
+                kept.lock().unwrap().push(line.clone());
+                // Log lines: the message follows a timestamp and a level.
+                let after = |marker: &str| line.find(marker).map(|i| &line[i + marker.len()..]);
+                let found =
+                    after("ringecho listening on ws://").or_else(|| after("metrics on http://"));
                 if let Some(rest) = found {
                     let addr = rest.split('/').next().unwrap().to_string();
                     let _ = tx.send(addr);
@@ -91,6 +123,7 @@ impl Ringecho {
             child,
             addr,
             metrics,
+            log,
         }
     }
 

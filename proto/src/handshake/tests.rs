@@ -110,12 +110,48 @@ fn section_4_2_1_chrome_capture_parses() {
             key: "Qcgtb1RJ6HceeTRLPFux/A==",
             protocols: vec![],
             extensions: vec!["x-webkit-deflate-frame"],
+            forwarded_for: None,
         }
     );
     match parse(CHROME) {
         Ok(Parsed::Complete { consumed, .. }) => assert_eq!(consumed, CHROME.len()),
         other => panic!("{other:?}"),
     }
+}
+
+/// A request through proxies: only the nearest proxy's report counts.
+fn via(headers: &str) -> Option<String> {
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+    );
+    upgrade(req.as_bytes()).forwarded_for.map(String::from)
+}
+
+#[test]
+fn the_nearest_proxys_forwarded_for_is_kept_rfc_7239() {
+    assert_eq!(via(""), None);
+    assert_eq!(
+        via("X-Forwarded-For: 198.51.100.1, 203.0.113.9\r\n").as_deref(),
+        Some("203.0.113.9")
+    );
+    assert_eq!(
+        via("X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2 , 192.0.2.7 \r\n").as_deref(),
+        Some("192.0.2.7")
+    );
+    // Forwarded wins, its last element's for=, quotes and IPv6 kept whole.
+    assert_eq!(
+        via("X-Forwarded-For: 9.9.9.9\r\nForwarded: for=192.0.2.43, for=\"[2001:db8:cafe::17]:4711\";proto=https\r\n")
+            .as_deref(),
+        Some("[2001:db8:cafe::17]:4711")
+    );
+    assert_eq!(
+        via("Forwarded: proto=https;By=203.0.113.43;For=192.0.2.60\r\n").as_deref(),
+        Some("192.0.2.60")
+    );
+    // Nothing usable: nothing reported.
+    assert_eq!(via("Forwarded: proto=https\r\n"), None);
+    assert_eq!(via("X-Forwarded-For: 1.2.3.4,\r\n"), None);
 }
 
 #[test]
