@@ -514,13 +514,27 @@ fn metric(text: &str, name: &str) -> u64 {
         .sum()
 }
 
-/// Metrics scraped after a load run agree with what the load generator
-/// counted: every connection, and every echo it verified, plus at most one
+/// Metrics scraped during a load run only climb, and after it they agree
+/// with what the load generator counted: every connection, and every echo it verified, plus at most one
 /// message per connection at each edge of its measured window (echoes that
 /// arrive just outside it are verified but not counted).
 #[test]
-fn metrics_scraped_after_a_run_match_the_load_generators_counts() {
+fn metrics_scraped_during_and_after_a_run_match_the_load_generators_counts() {
     let (server, metrics_at) = ringecho_with_metrics();
+    // Scraped while the run goes on: the count climbs, never falls.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let text = http_get(metrics_at, "/metrics");
+                seen.push(metric(&text, "ringecho_messages_echoed_total"));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            seen
+        })
+    };
     let (status, r) = load(
         &server,
         &[
@@ -533,6 +547,13 @@ fn metrics_scraped_after_a_run_match_the_load_generators_counts() {
             "--warmup",
             "0",
         ],
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during = scraper.join().unwrap();
+    assert!(during.windows(2).all(|w| w[0] <= w[1]), "{during:?}");
+    assert!(
+        during.iter().filter(|&&n| n > 0).count() >= 3,
+        "scraped while echoing: {during:?}"
     );
     assert!(status.success(), "{r}");
     assert_eq!(r["error_total"], 0, "{r}");
