@@ -4,25 +4,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::time::Duration;
 
-use common::{client_frame, read_close, read_frame, upgrade_request, Ringecho};
+use common::{client_frame, raw_ws_with_headers, read_close, read_frame, Ringecho};
 
 /// Upgrade with `extra` headers, echo one message, close with 1000.
 fn one_connection(server: &Ringecho, extra: &str) {
-    let mut s = TcpStream::connect(server.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let request = upgrade_request(server.addr).replace("\r\n\r\n", &format!("\r\n{extra}\r\n"));
-    s.write_all(request.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).unwrap(), 1, "the handshake answer");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let mut s = raw_ws_with_headers(server.addr, extra);
     s.write_all(&client_frame(true, 0x1, b"logged")).unwrap();
     assert_eq!(read_frame(&mut s).unwrap().2, b"logged");
     s.write_all(&client_frame(true, 0x8, &1000u16.to_be_bytes()))

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::browser::{assert_echo_page_worked, echo_page_output};
-use common::{client_frame, raw_ws, read_close, read_frame, Ringecho};
+use common::{client_frame, raw_ws, raw_ws_with_headers, read_close, read_frame, Ringecho};
 
 /// The nginx `location` block `docs/deployment.md` documents, pointed at
 /// `upstream`.
@@ -162,28 +162,13 @@ fn ws_through_nginx_echoes_every_frame_and_closes_cleanly() {
 /// nginx saw, not what the client claimed before it.
 #[test]
 fn the_client_address_nginx_reports_is_logged_for_a_trusted_proxy() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let server = Ringecho::start_with_env(
         &["--threads", "1", "--trust-proxy", "127.0.0.1"],
         &[("RUST_LOG", "debug")],
     );
     let proxy = nginx(server.addr);
-    let mut c = TcpStream::connect(proxy.plain).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let request = common::upgrade_request(proxy.plain)
-        .replace("\r\n\r\n", "\r\nX-Forwarded-For: 203.0.113.50\r\n\r\n");
-    c.write_all(request.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(c.read(&mut byte).unwrap(), 1, "the handshake answer");
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let mut c = raw_ws_with_headers(proxy.plain, "X-Forwarded-For: 203.0.113.50\r\n");
     c.write_all(&client_frame(true, 0x8, &1000u16.to_be_bytes()))
         .unwrap();
     assert_eq!(read_close(&mut c), Some(1000));

@@ -65,55 +65,38 @@ pub fn listening_addr(line: &str) -> Option<SocketAddr> {
 
 /// Start a server pinned to `cpus` and wait for the line that says where it
 /// listens.
-pub fn start_server(name: &str, mut cmd: Command, cpus: &[usize]) -> Result<Server, String> {
-    cmd.stdout(Stdio::piped()).stdin(Stdio::null());
-    let mut child = spawn_pinned(cmd, cpus)?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    // Keep reading after the line we want so a chatty server never blocks
-    // on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(a) = listening_addr(&line) {
-                let _ = tx.send(a);
-            }
-        }
-    });
-    let mut server = Server {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        metrics: None,
-    };
-    server.addr = rx
-        .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| format!("{name} did not report its address within 10 s"))?;
-    Ok(server)
+pub fn start_server(name: &str, cmd: Command, cpus: &[usize]) -> Result<Server, String> {
+    start(name, cmd, cpus, false)
 }
 
 /// Start ringecho (`cmd`, which must not set its own `--metrics-listen`)
 /// with a metrics listener on an ephemeral loopback port, pinned to `cpus`;
 /// wait until it reports both addresses.
 pub fn start_ringecho(mut cmd: Command, cpus: &[usize]) -> Result<Server, String> {
-    cmd.args(["--metrics-listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null());
+    cmd.args(["--metrics-listen", "127.0.0.1:0"]);
+    start("ringecho", cmd, cpus, true)
+}
+
+/// The address a "metrics on http://ADDR/..." log line names.
+fn metrics_addr(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("metrics on http://")? + "metrics on http://".len()..];
+    rest[..rest.find('/').unwrap_or(rest.len())].parse().ok()
+}
+
+fn start(name: &str, mut cmd: Command, cpus: &[usize], metrics: bool) -> Result<Server, String> {
+    cmd.stdout(Stdio::piped()).stdin(Stdio::null());
     let mut child = spawn_pinned(cmd, cpus)?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let (tx, rx) = mpsc::channel();
+    // Keep reading after the lines we want so a chatty server never blocks
+    // on a full pipe.
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if let Some(a) = listening_addr(&line) {
                 let _ = tx.send((false, a));
-            } else if let Some(rest) = line
-                .find("metrics on http://")
-                .map(|i| &line[i + "metrics on http://".len()..])
-            {
-                let end = rest.find('/').unwrap_or(rest.len());
-                if let Ok(a) = rest[..end].parse() {
-                    let _ = tx.send((true, a));
-                }
+            } else if let Some(a) = metrics_addr(&line) {
+                let _ = tx.send((true, a));
             }
         }
     });
@@ -122,14 +105,16 @@ pub fn start_ringecho(mut cmd: Command, cpus: &[usize]) -> Result<Server, String
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics: None,
     };
-    for _ in 0..2 {
+    let mut listening = false;
+    while !listening || (metrics && server.metrics.is_none()) {
         let (is_metrics, a) = rx
             .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| "ringecho did not report its addresses within 10 s".to_string())?;
+            .map_err(|_| format!("{name} did not report its addresses within 10 s"))?;
         if is_metrics {
             server.metrics = Some(a);
         } else {
             server.addr = a;
+            listening = true;
         }
     }
     Ok(server)

@@ -287,9 +287,16 @@ pub fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
 
 /// A raw WebSocket connection after a successful handshake.
 pub fn raw_ws(addr: SocketAddr) -> TcpStream {
+    raw_ws_with_headers(addr, "")
+}
+
+/// As `raw_ws`, with `extra` header lines (each ending in CRLF) in the
+/// request.
+pub fn raw_ws_with_headers(addr: SocketAddr, extra: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(upgrade_request(addr).as_bytes()).unwrap();
+    let request = upgrade_request(addr).replace("\r\n\r\n", &format!("\r\n{extra}\r\n"));
+    s.write_all(request.as_bytes()).unwrap();
     let head = read_head(&mut s).expect("handshake response");
     assert!(
         head.starts_with(b"HTTP/1.1 101 "),
