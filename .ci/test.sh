@@ -9,13 +9,15 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # The browser test drives Debian's Chromium, the deployment test checks the
 # systemd unit with systemd-analyze, the proxy tests put nginx (TLS with an
 # openssl certificate) in front of one server and HAProxy in front of two;
-# they fail (never skip) without them.
+# the permessage-deflate tests use Python's websockets as a compressing
+# client; they fail (never skip) without them.
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+/usr/bin/python3 -c 'import websockets' >/dev/null 2>&1 || need+=(python3-websockets)
 if [ ${#need[@]} -gt 0 ]; then
     echo "== installing ${need[*]}"
     as_root apt-get update -qq
@@ -36,5 +38,5 @@ cargo test --workspace --release
 for io in tokio-uring epoll; do
     echo "== socket suites on --io $io"
     RINGECHO_IO=$io cargo test --release -p ringecho \
-        --test echo --test echo_rules --test hostile --test lifecycle --test browser --test proxy --test metrics --test logs
+        --test echo --test echo_rules --test hostile --test lifecycle --test browser --test proxy --test metrics --test logs --test deflate
 done

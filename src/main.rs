@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use ringecho::protocol::deflate::Policy;
 use ringecho::server::{self, Config, Server};
 
 /// Status lines to stdout. A closed or full stdout (a pipe whose reader has
@@ -91,6 +92,26 @@ OPTIONS (defaults are safe on the open internet):
                                ones are streamed as fragments. A connection
                                holds at most about --max-output plus twice
                                this [default: 64KiB]
+    --permessage-deflate       Agree to permessage-deflate (RFC 7692), which
+                               every browser offers. Compressed messages are
+                               echoed as they came, never recompressed; the
+                               server inflates each one into a 16KiB scratch
+                               buffer only to check it (UTF-8 of text, the
+                               decompressed size against --max-message-size,
+                               corrupt data), so a small message that would
+                               inflate past the limit is refused at the limit.
+                               Costs an inflate pass per compressed message
+                               (CPU) and, while one is arriving, about 56KiB
+                               of inflater per connection; with no context
+                               takeover (the default answer) an idle
+                               connection holds nothing more. Off by default:
+                               the echo path then never touches zlib
+    --deflate-context-takeover With --permessage-deflate: let clients keep
+                               their compression context between messages
+                               (better ratios for small similar messages);
+                               each connection that sends a compressed
+                               message then keeps its inflater (about 56KiB)
+                               until it closes [default: no context takeover]
     --subprotocol NAME         A subprotocol the server may select (repeatable);
                                the first one the client offers that is listed is
                                chosen. None by default.
@@ -231,6 +252,11 @@ fn main() -> ExitCode {
         idle_timeout_ms = config.engine.idle_timeout.as_millis() as u64,
         close_timeout_ms = config.engine.close_timeout.as_millis() as u64,
         drain_timeout_ms = drain.as_millis() as u64,
+        permessage_deflate = match config.engine.deflate {
+            Policy::Off => "off",
+            Policy::NoContextTakeover => "no context takeover",
+            Policy::ContextTakeover => "context takeover allowed",
+        },
         "limits"
     );
 
@@ -345,6 +371,7 @@ fn listen_addr(v: &str) -> Result<std::net::SocketAddr, String> {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, String> {
     let mut c = Config::default();
     let mut subprotocols = Vec::new();
+    let mut deflate_context = false;
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
@@ -448,6 +475,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
                 subprotocols.push(v);
             }
             "--allowed-origin" => c.engine.allowed_origins.push(value("--allowed-origin")?),
+            "--permessage-deflate" => {
+                if c.engine.deflate == Policy::Off {
+                    c.engine.deflate = Policy::NoContextTakeover;
+                }
+            }
+            "--deflate-context-takeover" => deflate_context = true,
             "--ring-entries" => {
                 c.ring_entries =
                     count("--ring-entries", &value("--ring-entries")?, 8, 32768)? as u32
@@ -484,6 +517,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
         }
     }
     c.engine.subprotocols = subprotocols;
+    if deflate_context {
+        if c.engine.deflate == Policy::Off {
+            return Err("--deflate-context-takeover needs --permessage-deflate".into());
+        }
+        c.engine.deflate = Policy::ContextTakeover;
+    }
     Ok(Some(c))
 }
 
@@ -592,6 +631,23 @@ mod tests {
         assert_eq!(c.engine.handshake_timeout, Duration::from_millis(500));
         assert_eq!(c.engine.subprotocols, vec!["chat", "echo"]);
         assert!(c.pin);
+    }
+
+    #[test]
+    fn permessage_deflate_is_off_unless_asked_for() {
+        let off = parse(&[]).unwrap().unwrap();
+        assert_eq!(off.engine.deflate, Policy::Off);
+        let on = parse(&["--permessage-deflate"]).unwrap().unwrap();
+        assert_eq!(on.engine.deflate, Policy::NoContextTakeover);
+        for args in [
+            &["--permessage-deflate", "--deflate-context-takeover"][..],
+            &["--deflate-context-takeover", "--permessage-deflate"],
+        ] {
+            let c = parse(args).unwrap().unwrap();
+            assert_eq!(c.engine.deflate, Policy::ContextTakeover, "{args:?}");
+        }
+        let err = parse(&["--deflate-context-takeover"]).unwrap_err();
+        assert!(err.contains("needs --permessage-deflate"), "{err}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::close_code;
+use crate::deflate::{self, Policy};
 use crate::frame::{ControlFrame, MAX_CLIENT_HEADER};
 use crate::handshake::{self, Limits, Parsed, Request};
 use crate::message::{self, Session};
@@ -53,6 +54,8 @@ pub struct Config {
     pub subprotocols: Vec<String>,
     /// Browser origins allowed to connect; empty allows all (§10.2).
     pub allowed_origins: Vec<String>,
+    /// Whether to agree to permessage-deflate, and on what (RFC 7692).
+    pub deflate: Policy,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             },
             subprotocols: Vec::new(),
             allowed_origins: Vec::new(),
+            deflate: Policy::Off,
         }
     }
 }
@@ -564,6 +568,18 @@ impl Connection {
         self.rb.held_bytes()
     }
 
+    /// Whether permessage-deflate was agreed in the handshake.
+    pub fn deflate_agreed(&self) -> bool {
+        self.session.deflate_agreed()
+    }
+
+    /// Whether the connection holds a permessage-deflate inflater now (a
+    /// fixed [`deflate::Inflater::MEMORY`] bytes): mid-message, or between
+    /// messages when the client keeps context.
+    pub fn holds_inflater(&self) -> bool {
+        self.session.holds_inflater()
+    }
+
     /// Unsent output cost, for tests and memory accounting.
     pub fn output_cost(&self) -> usize {
         self.out.cost()
@@ -601,7 +617,17 @@ impl Connection {
                 self.forwarded_for = req.forwarded_for.map(|f| Box::new(f.to_owned()));
                 let protocol =
                     handshake::select_subprotocol(&req.protocols, &self.cfg.subprotocols);
-                handshake::write_switching_protocols(&mut response, req.key, protocol);
+                // RFC 7692 §5: agree on permessage-deflate, or decline it.
+                let deflate = deflate::negotiate(&req.extensions, self.cfg.deflate);
+                if let Some(agreed) = &deflate {
+                    self.session.enable_deflate(agreed);
+                }
+                handshake::write_switching_protocols(
+                    &mut response,
+                    req.key,
+                    protocol,
+                    deflate.as_ref(),
+                );
                 Some(consumed)
             }
             Err(e) => {
@@ -1148,5 +1174,42 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSoc
         assert_eq!(s.conn.poll_timeout(), Some(s.at(6)));
         s.conn.handle_timeout(s.at(6));
         assert!(s.conn.is_done());
+    }
+
+    #[test]
+    fn permessage_deflate_is_agreed_in_the_101_only_when_enabled_rfc_7692_section_5() {
+        let offer = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+        let request = [&REQUEST[..REQUEST.len() - 2], offer].concat();
+        let z = crate::deflate::tests::compress_once(b"squeeze me, squeeze me");
+        let mut compressed = Vec::new();
+        encode_client_frame(true, OpCode::Text, [1, 2, 3, 4], &z, &mut compressed);
+        compressed[0] |= 0x40;
+        for (policy, agreed) in [
+            (Policy::Off, None),
+            (
+                Policy::NoContextTakeover,
+                Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
+            ),
+        ] {
+            let mut s = Shell::new(Config {
+                deflate: policy,
+                ..Config::default()
+            });
+            let now = s.t0;
+            let wire = s.pump(&[&request[..], &compressed].concat(), now);
+            let end = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let head = std::str::from_utf8(&wire[..end]).unwrap();
+            let line = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Extensions: "));
+            assert_eq!(line, agreed, "{head}");
+            let echo = frames(&wire[end..]);
+            match agreed {
+                // FIN, RSV1, text: the payload exactly as the client sent it.
+                Some(_) => assert_eq!(echo, vec![(0xC1, z.clone())]),
+                // Declined: RSV1 is a reserved bit again (RFC 6455 §5.2).
+                None => assert_eq!(echo[0].0, 0x88),
+            }
+        }
     }
 }

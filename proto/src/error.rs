@@ -108,8 +108,16 @@ pub enum Error {
     InvalidCloseCode(u16),
     /// Text message or close reason that is not UTF-8 (§5.6, §8.1).
     InvalidUtf8,
-    /// Message larger than the configured limit (§7.4.1, 1009).
+    /// Message larger than the configured limit (§7.4.1, 1009); for a
+    /// compressed message, its decompressed size (RFC 7692 §8.1 leaves the
+    /// limit to the endpoint).
     MessageTooBig,
+    /// RSV1, the compressed-message bit, on a control frame or a
+    /// continuation frame (RFC 7692 §6.1).
+    MisplacedCompressedBit,
+    /// A compressed message whose payload is not valid DEFLATE data
+    /// (RFC 7692 §7.2.2, RFC 1951).
+    BadCompressedData,
 }
 
 impl Error {
@@ -125,8 +133,10 @@ impl Error {
             | Error::UnexpectedContinuation
             | Error::ExpectedContinuation
             | Error::CloseTooShort
-            | Error::InvalidCloseCode(_) => close_code::PROTOCOL_ERROR,
-            Error::InvalidUtf8 => close_code::INVALID_PAYLOAD,
+            | Error::InvalidCloseCode(_)
+            | Error::MisplacedCompressedBit => close_code::PROTOCOL_ERROR,
+            // Not data of the message's type, as 1007 is defined (§7.4.1).
+            Error::InvalidUtf8 | Error::BadCompressedData => close_code::INVALID_PAYLOAD,
             Error::MessageTooBig => close_code::MESSAGE_TOO_BIG,
         }
     }
@@ -147,6 +157,8 @@ impl Error {
             Error::InvalidCloseCode(_) => "invalid close code",
             Error::InvalidUtf8 => "invalid UTF-8",
             Error::MessageTooBig => "message too big",
+            Error::MisplacedCompressedBit => "RSV1 on a control or continuation frame",
+            Error::BadCompressedData => "invalid compressed data",
         }
     }
 }
@@ -209,12 +221,14 @@ mod tests {
         Error::InvalidCloseCode(1005),
         Error::InvalidUtf8,
         Error::MessageTooBig,
+        Error::MisplacedCompressedBit,
+        Error::BadCompressedData,
     ];
 
     #[test]
     fn every_frame_error_has_its_close_code_section_7_4_1() {
         let expected = [
-            1002, 1002, 1002, 1002, 1002, 1002, 1002, 1002, 1002, 1002, 1007, 1009,
+            1002, 1002, 1002, 1002, 1002, 1002, 1002, 1002, 1002, 1002, 1007, 1009, 1002, 1007,
         ];
         assert_eq!(ALL.len(), expected.len());
         for (e, code) in ALL.iter().zip(expected) {

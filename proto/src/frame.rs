@@ -56,13 +56,17 @@ pub struct FrameHeader {
     pub payload_len: u64,
     /// Bytes the header occupies on the wire (6, 8 or 14).
     pub header_len: usize,
+    /// The RSV bits that were set, all of them among `allowed_rsv`.
+    pub rsv: u8,
 }
 
 /// Parse a client-to-server frame header (§5.2).
 ///
 /// Returns `Ok(None)` while more bytes are needed. `allowed_rsv` holds the
-/// RSV bits (0x40, 0x20, 0x10) an extension negotiated; ringecho negotiates
-/// none, so the server passes 0 and any set RSV bit is an error.
+/// RSV bits (0x40, 0x20, 0x10) an extension negotiated (RSV1 for
+/// permessage-deflate, RFC 7692 §6); any other set RSV bit is an error.
+/// Which frames may carry an allowed bit is the extension's rule, checked
+/// by the caller.
 pub fn parse_client_header(buf: &[u8], allowed_rsv: u8) -> Result<Option<FrameHeader>, Error> {
     let Some(&b0) = buf.first() else {
         return Ok(None);
@@ -100,6 +104,7 @@ pub fn parse_client_header(buf: &[u8], allowed_rsv: u8) -> Result<Option<FrameHe
         key: [k[0], k[1], k[2], k[3]],
         payload_len,
         header_len: key_at + 4,
+        rsv: b0 & 0x70,
     }))
 }
 

@@ -67,7 +67,7 @@ fn respond(result: Result<Parsed<'_>, super::HandshakeError>) {
             let picked = select_subprotocol(&u.protocols, &[chosen.unwrap_or_default()]);
             // The first offered match, which may be an earlier duplicate.
             assert_eq!(picked.is_some(), chosen.is_some());
-            write_switching_protocols(&mut out, u.key, picked);
+            write_switching_protocols(&mut out, u.key, picked, None);
             let (status, body) = parse_response(&out);
             assert_eq!(status, 101);
             assert!(body.is_empty());
@@ -182,6 +182,9 @@ pub(crate) enum Seen {
     Pong(Vec<u8>),
     Close(Option<u16>),
     Open(OpCode, Vec<u8>),
+    /// A compressed message (RFC 7692 §6): its opcode and its payload as
+    /// sent, which must inflate (and, for text, be UTF-8 once inflated).
+    Compressed(OpCode, Vec<u8>),
 }
 
 /// The message layer (RFC 6455 §5.4, §5.5, §7): `data[0]` picks how the rest
@@ -237,9 +240,23 @@ fn error_code(err: Error) -> u16 {
 /// Decode the server's output as a strict client would: never masked, no
 /// RSV bits, minimal lengths, control frames whole and short, continuations
 /// only inside a message (§5.1, §5.2, §5.4, §5.5).
-pub(crate) fn decode_server(mut bytes: &[u8], error: Option<Error>) -> Vec<Seen> {
+pub(crate) fn decode_server(bytes: &[u8], error: Option<Error>) -> Vec<Seen> {
+    decode_server_with(bytes, error, false)
+}
+
+/// [`decode_server`], with permessage-deflate agreed when `deflate` is set:
+/// RSV1 only on a data message's first frame (RFC 7692 §6.1), and each
+/// compressed messages inflated as one stream (which is right whether or
+/// not the sender kept context between them).
+pub(crate) fn decode_server_with(
+    mut bytes: &[u8],
+    error: Option<Error>,
+    deflate: bool,
+) -> Vec<Seen> {
     let mut seen = Vec::new();
     let mut open: Option<(OpCode, Vec<u8>)> = None;
+    let mut compressed = false;
+    let mut inflater = crate::deflate::Inflater::take();
     let mut last_close = None;
     while !bytes.is_empty() {
         let h = match super::frame::parse_server_header(bytes) {
@@ -247,12 +264,23 @@ pub(crate) fn decode_server(mut bytes: &[u8], error: Option<Error>) -> Vec<Seen>
             other => panic!("truncated or unreadable server header: {other:?}"),
         };
         assert!(!h.masked, "§5.1: server frames are never masked");
-        assert_eq!(h.rsv, 0, "no RSV bits without an extension");
+        let op = OpCode::from_u8(h.opcode).expect("known opcode");
+        if deflate && h.rsv == 0x40 {
+            assert!(
+                matches!(op, OpCode::Text | OpCode::Binary),
+                "RFC 7692 §6.1: RSV1 on a message's first frame only"
+            );
+            compressed = true;
+        } else {
+            assert_eq!(h.rsv, 0, "no RSV bits without an extension");
+            if matches!(op, OpCode::Text | OpCode::Binary) {
+                compressed = false;
+            }
+        }
         let (len, at, fin) = (h.payload_len, h.header_len, h.fin);
         assert_eq!(at, server_header_len(len), "§5.2: minimal length encoding");
         let end = at + usize::try_from(len).expect("length fits");
         let payload = bytes.get(at..end).expect("truncated server payload");
-        let op = OpCode::from_u8(h.opcode).expect("known opcode");
         assert!(last_close.is_none(), "nothing is sent after a close");
         if op.is_control() {
             assert!(fin && payload.len() <= MAX_CONTROL_PAYLOAD, "§5.5");
@@ -283,7 +311,20 @@ pub(crate) fn decode_server(mut bytes: &[u8], error: Option<Error>) -> Vec<Seen>
         }
         if fin && !op.is_control() {
             let (op, data) = open.take().expect("message in progress");
-            seen.push(if op == OpCode::Text {
+            seen.push(if compressed {
+                let mut utf8 = crate::utf8::Utf8Validator::new();
+                let text = (op == OpCode::Text).then_some(&mut utf8);
+                inflater
+                    .feed(&data, text, u64::MAX)
+                    .expect("the echo inflates");
+                let text = (op == OpCode::Text).then_some(&mut utf8);
+                inflater
+                    .finish_message(text, u64::MAX)
+                    .expect("the echo inflates");
+                utf8.finish()
+                    .expect("§8.1: echoed text is UTF-8 once inflated");
+                Seen::Compressed(op, data)
+            } else if op == OpCode::Text {
                 assert!(
                     std::str::from_utf8(&data).is_ok(),
                     "§8.1: echoed text is UTF-8"

@@ -368,10 +368,16 @@ pub fn select_subprotocol<'a>(
 /// item 5).
 ///
 /// `protocol` must be a single value the client offered (see
-/// [`select_subprotocol`]), never the offered list. No
-/// Sec-WebSocket-Extensions is sent: this server accepts no extension, and
-/// declining is done by leaving the header out (§9.1).
-pub fn write_switching_protocols(out: &mut Vec<u8>, key: &str, protocol: Option<&str>) {
+/// [`select_subprotocol`]), never the offered list. `extension` is the
+/// permessage-deflate agreement, if one was reached
+/// ([`crate::deflate::negotiate`]); without it no Sec-WebSocket-Extensions
+/// is sent, which declines every offer (§9.1).
+pub fn write_switching_protocols(
+    out: &mut Vec<u8>,
+    key: &str,
+    protocol: Option<&str>,
+    extension: Option<&crate::deflate::Agreement>,
+) {
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\n\
           Upgrade: websocket\r\n\
@@ -383,6 +389,11 @@ pub fn write_switching_protocols(out: &mut Vec<u8>, key: &str, protocol: Option<
     if let Some(p) = protocol {
         out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
         out.extend_from_slice(p.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(e) = extension {
+        out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+        e.write(out);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");

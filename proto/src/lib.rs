@@ -6,6 +6,7 @@
 
 pub mod close;
 pub mod connection;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 #[cfg(any(test, feature = "testkit"))]

@@ -18,9 +18,11 @@
 //! connection does not grow with frame size. Either way every server frame
 //! is complete before a control frame may be slotted in after it.
 
+use std::num::NonZeroU16;
 use std::ops::Range;
 
 use super::close::parse_close_payload;
+use super::deflate::{Agreement, Inflater};
 use super::error::close_code;
 use super::frame::{
     encode_server_header, parse_client_header, server_header_len, ControlFrame, OpCode,
@@ -29,6 +31,9 @@ use super::frame::{
 use super::mask::apply_mask;
 use super::utf8::Utf8Validator;
 use super::Error;
+
+/// The first byte's RSV1 bit: a compressed message (RFC 7692 §6).
+const RSV1: u8 = 0x40;
 
 /// Default limit on a whole message, across its fragments.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 16 * 1024 * 1024;
@@ -128,7 +133,7 @@ pub struct Step {
 }
 
 /// Protocol state of one connection after the handshake.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Session {
     config: Config,
     phase: Phase,
@@ -141,11 +146,24 @@ pub struct Session {
     close_sent: bool,
     /// The code of the close frame handed out to be sent (1005 for one
     /// without a code), once there is one.
-    sent_code: Option<u16>,
+    /// (Close codes are never 0, so `NonZeroU16` keeps these 2 bytes
+    /// each: the engine's size is most of an idle connection's memory.)
+    sent_code: Option<NonZeroU16>,
     /// The code of the peer's close frame (1005 for none, §7.1.5).
-    received_code: Option<u16>,
+    received_code: Option<NonZeroU16>,
     /// Messages whose echo is complete.
     messages: u64,
+    /// permessage-deflate was agreed (RFC 7692): RSV1 marks a compressed
+    /// message, echoed as it came.
+    deflate: bool,
+    /// The client's compressed messages may refer back to earlier ones
+    /// (no client_no_context_takeover), so the inflater stays between them.
+    keep_context: bool,
+    /// The message in progress is compressed (RSV1 on its first frame).
+    compressed: bool,
+    /// Held while a compressed message is in progress, or for the whole
+    /// connection when context is kept; otherwise back in the thread's pool.
+    inflater: Option<Box<Inflater>>,
 }
 
 impl Session {
@@ -161,13 +179,38 @@ impl Session {
             sent_code: None,
             received_code: None,
             messages: 0,
+            deflate: false,
+            keep_context: false,
+            compressed: false,
+            inflater: None,
         }
+    }
+
+    /// permessage-deflate was agreed in the handshake (RFC 7692 §5): from
+    /// now on RSV1 marks a compressed message.
+    pub fn enable_deflate(&mut self, agreed: &Agreement) {
+        self.deflate = true;
+        self.keep_context = agreed.client_keeps_context();
+    }
+
+    /// Whether permessage-deflate was agreed.
+    pub fn deflate_agreed(&self) -> bool {
+        self.deflate
+    }
+
+    /// Whether this connection holds an inflater now (between messages only
+    /// when context is kept): for memory accounting.
+    pub fn holds_inflater(&self) -> bool {
+        self.inflater.is_some()
     }
 
     /// Close codes so far: the one sent and the peer's (1005 where a
     /// close frame carried none, as §7.1.5 reports it).
     pub fn close_codes(&self) -> (Option<u16>, Option<u16>) {
-        (self.sent_code, self.received_code)
+        (
+            self.sent_code.map(NonZeroU16::get),
+            self.received_code.map(NonZeroU16::get),
+        )
     }
 
     /// Client messages echoed whole so far (their last byte is queued).
@@ -214,7 +257,7 @@ impl Session {
             return None;
         }
         self.close_sent = true;
-        self.sent_code = Some(code);
+        self.sent_code = NonZeroU16::new(code);
         Some(ControlFrame::close(Some(code), reason))
     }
 
@@ -259,9 +302,16 @@ impl Session {
             // header went out with the first piece.
             Phase::Payload { whole, .. } => self.payload(buf, pos, whole.then_some(pos)),
             Phase::Header => {
-                let Some(h) = parse_client_header(input, 0)? else {
+                let allowed_rsv = if self.deflate { RSV1 } else { 0 };
+                let Some(h) = parse_client_header(input, allowed_rsv)? else {
                     return need_more(pos);
                 };
+                let rsv1 = h.rsv & RSV1 != 0;
+                // RFC 7692 §6.1: RSV1 belongs on a data message's first
+                // frame only.
+                if rsv1 && (h.opcode.is_control() || matches!(h.opcode, OpCode::Continuation)) {
+                    return Err(Error::MisplacedCompressedBit);
+                }
                 let payload_start = pos + h.header_len;
                 if h.opcode.is_control() {
                     // At most 125 bytes (checked by the header parser), so
@@ -293,6 +343,12 @@ impl Session {
                     // gives the echo header room in place.
                     return need_more(pos);
                 }
+                if self.message.is_none() {
+                    self.compressed = rsv1;
+                    if rsv1 && self.inflater.is_none() {
+                        self.inflater = Some(Inflater::take());
+                    }
+                }
                 self.message = Some(kind);
                 self.message_len = total;
                 let echo = !self.close_sent;
@@ -311,6 +367,7 @@ impl Session {
                     self.echo_open = !h.fin;
                     let mut header = [0u8; MAX_SERVER_HEADER];
                     let len = encode_server_header(h.fin, opcode, h.payload_len, &mut header);
+                    header[0] |= self.echo_rsv(opcode);
                     let at = payload_start - len;
                     buf[at..payload_start].copy_from_slice(&header[..len]);
                     return self.payload(buf, payload_start, Some(at));
@@ -375,14 +432,35 @@ impl Session {
             });
         }
         let chunk = buf.get_mut(start..end).unwrap_or_default();
-        match kind {
-            Kind::Text => {
+        match (kind, &mut self.inflater) {
+            // RFC 7692 §6.1, §7.2.2: what is checked of a compressed
+            // message is its decompressed data; the payload itself goes
+            // back untouched.
+            (_, Some(inflater)) if self.compressed => {
+                apply_mask(chunk, key, offset);
+                let limit = self.config.max_message_size;
+                let text = (kind == Kind::Text).then_some(&mut self.utf8);
+                inflater.feed(chunk, text, limit)?;
+                if message_done {
+                    let text = (kind == Kind::Text).then_some(&mut self.utf8);
+                    inflater.finish_message(text, limit)?;
+                    if kind == Kind::Text {
+                        self.utf8.finish()?;
+                    }
+                    if !self.keep_context {
+                        if let Some(i) = self.inflater.take() {
+                            i.give_back();
+                        }
+                    }
+                }
+            }
+            (Kind::Text, _) => {
                 self.utf8.feed_masked(chunk, key, offset)?;
                 if message_done {
                     self.utf8.finish()?;
                 }
             }
-            Kind::Binary => apply_mask(chunk, key, offset),
+            (Kind::Binary, _) => apply_mask(chunk, key, offset),
         }
         if message_done {
             self.messages += 1;
@@ -403,6 +481,7 @@ impl Session {
         self.echo_open = !echo_fin;
         let mut header = [0u8; MAX_SERVER_HEADER];
         let header_len = encode_server_header(echo_fin, opcode, n as u64, &mut header);
+        header[0] |= self.echo_rsv(opcode);
         let event = match start.checked_sub(header_len) {
             Some(at) => {
                 buf[at..start].copy_from_slice(&header[..header_len]);
@@ -416,6 +495,16 @@ impl Session {
         };
         debug_assert_eq!(header_len, server_header_len(n as u64));
         Ok(Step { next: end, event })
+    }
+
+    /// RFC 7692 §6.1: the echo of a compressed message is compressed, so
+    /// its first frame carries RSV1; no other frame does.
+    fn echo_rsv(&self, opcode: OpCode) -> u8 {
+        if self.compressed && !matches!(opcode, OpCode::Continuation) {
+            RSV1
+        } else {
+            0
+        }
     }
 
     fn echo_opcode(&self, kind: Kind) -> OpCode {
@@ -432,13 +521,13 @@ impl Session {
             OpCode::Close => {
                 let code = parse_close_payload(payload)?;
                 self.phase = Phase::Closed;
-                self.received_code = Some(code.unwrap_or(close_code::NO_STATUS));
+                self.received_code = NonZeroU16::new(code.unwrap_or(close_code::NO_STATUS));
                 // §5.5.1: answer a close we did not start, echoing its code.
                 let reply = if self.close_sent {
                     None
                 } else {
                     self.close_sent = true;
-                    self.sent_code = Some(code.unwrap_or(close_code::NO_STATUS));
+                    self.sent_code = NonZeroU16::new(code.unwrap_or(close_code::NO_STATUS));
                     Some(ControlFrame::close(code, ""))
                 };
                 Ok(Event::Closed { reply })
@@ -449,6 +538,9 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod deflate_tests;
 
 #[cfg(test)]
 mod tests {

@@ -146,6 +146,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: &ShardCtx, ctl: &ConnCtl) {
     }
 
     super::log::connection_ended(peer.as_deref(), &conn, &ctx.cfg.trust_proxy);
+    ctx.stats.forget(&seen);
     // Complete whatever is still in flight before the socket can close.
     let _ = stream.shutdown(Shutdown::Both);
     if let Some(op) = read_op.as_pin_mut() {

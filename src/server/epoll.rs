@@ -310,6 +310,7 @@ impl Shard {
         if let Some(mut c) = self.conns.get_mut(i).and_then(Option::take) {
             let _ = self.poll.registry().deregister(&mut c.stream);
             super::log::connection_ended(c.peer.as_deref(), &c.conn, &self.cfg.trust_proxy);
+            self.stats.forget(&c.seen);
             self.stats.copied_bytes.add(c.conn.carried_bytes());
             self.live -= 1;
             self.stats.active.sub(1);

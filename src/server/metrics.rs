@@ -111,7 +111,7 @@ fn answer(mut stream: TcpStream, stats: &AllStats) -> io::Result<()> {
 /// Every shard's counters in the OpenMetrics text format, labelled by shard.
 pub fn render(stats: &AllStats) -> String {
     let mut registry = Registry::with_prefix("ringecho");
-    let counters: [Reading; 13] = [
+    let counters: [Reading; 14] = [
         ("connections_accepted", "Connections accepted", |s| {
             s.accepted
         }),
@@ -169,6 +169,11 @@ pub fn render(stats: &AllStats) -> String {
             "io_uring_enter calls of the ring shell's loops",
             |s| s.ring_enters,
         ),
+        (
+            "deflate_agreed",
+            "Upgrades that agreed to permessage-deflate",
+            |s| s.deflate_agreed,
+        ),
     ];
     let shards: Vec<(Labels, Snapshot, &super::stats::ShardStats)> = stats
         .0
@@ -183,7 +188,7 @@ pub fn render(stats: &AllStats) -> String {
         }
         registry.register(name, help, family);
     }
-    let gauges: [Reading; 3] = [
+    let gauges: [Reading; 4] = [
         ("connections_open", "Connections open now", |s| s.active),
         (
             "recv_pool_bytes",
@@ -194,6 +199,11 @@ pub fn render(stats: &AllStats) -> String {
             "recv_pool_in_use_buffers",
             "Receive buffers out of the pool now (ring shell)",
             |s| s.recv_pool_in_use,
+        ),
+        (
+            "deflate_inflaters",
+            "Connections holding a permessage-deflate inflater now (fixed size each)",
+            |s| s.deflate_inflaters,
         ),
     ];
     for (name, help, get) in gauges {

@@ -853,6 +853,7 @@ impl Shard {
         if !in_flight {
             if let Some(mut s) = self.slots[i].take() {
                 super::log::connection_ended(s.peer.as_deref(), &s.conn, &self.cfg.trust_proxy);
+                self.stats.forget(&s.seen);
                 if let Some(pool) = self.pool.as_mut() {
                     s.conn.release_all(&mut self.released);
                     pool.give_back(&mut self.released);

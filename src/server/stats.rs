@@ -131,6 +131,12 @@ stats! {
     /// Of those buffers, how many are out of the ring now: held by
     /// connections or waiting for their echo to be written.
     recv_pool_in_use,
+    /// Upgrades that agreed to permessage-deflate (--permessage-deflate).
+    deflate_agreed,
+    /// Connections holding a permessage-deflate inflater now (mid-message,
+    /// or for good when the client keeps context), each a fixed
+    /// `Inflater::MEMORY` bytes; idle connections without context hold none.
+    deflate_inflaters,
 }
 
 /// Counters by status or close code: the codes ringecho can see, each its
@@ -205,6 +211,8 @@ pub struct Seen {
     // deltas between two syncs are far below 2^32.
     messages: u32,
     stalls: u32,
+    /// The connection held an inflater (counted in `deflate_inflaters`).
+    inflater: bool,
 }
 
 /// Every shard's counters, shared by all shards so any of them can report.
@@ -261,18 +269,34 @@ impl ShardStats {
     /// the counters are live, not settled at the connection's end.
     pub fn sync(&self, conn: &mut crate::protocol::Connection, seen: &mut Seen) {
         while let Some(event) = conn.poll_event() {
+            if event == crate::protocol::Event::Upgraded && conn.deflate_agreed() {
+                self.deflate_agreed.incr();
+            }
             self.count(event);
         }
         let now = Seen {
             echo_bytes: conn.echoed_bytes(),
             messages: conn.messages_echoed() as u32,
             stalls: conn.backpressure_stalls() as u32,
+            inflater: conn.holds_inflater(),
         };
+        match (seen.inflater, now.inflater) {
+            (false, true) => self.deflate_inflaters.incr(),
+            (true, false) => self.deflate_inflaters.sub(1),
+            _ => {}
+        }
         self.echo_bytes.add(now.echo_bytes - seen.echo_bytes);
         self.messages_echoed
             .add(u64::from(now.messages.wrapping_sub(seen.messages)));
         self.backpressure_stalls
             .add(u64::from(now.stalls.wrapping_sub(seen.stalls)));
         *seen = now;
+    }
+
+    /// The connection `seen` was synced from is gone, with whatever it held.
+    pub fn forget(&self, seen: &Seen) {
+        if seen.inflater {
+            self.deflate_inflaters.sub(1);
+        }
     }
 }

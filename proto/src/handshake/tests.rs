@@ -480,7 +480,7 @@ fn section_4_2_2_response_names_one_protocol_not_the_offered_list() {
     let u = upgrade(req.as_bytes());
     let chosen = select_subprotocol(&u.protocols, &["b", "chat"]);
     let mut out = Vec::new();
-    write_switching_protocols(&mut out, u.key, chosen);
+    write_switching_protocols(&mut out, u.key, chosen, None);
     let resp = String::from_utf8(out).expect("ASCII");
     assert!(
         resp.contains("\r\nSec-WebSocket-Protocol: chat\r\n"),
@@ -495,7 +495,7 @@ fn section_4_2_2_response_names_one_protocol_not_the_offered_list() {
 #[test]
 fn section_4_2_2_switching_protocols_bytes_exactly() {
     let mut out = Vec::new();
-    write_switching_protocols(&mut out, "dGhlIHNhbXBsZSBub25jZQ==", None);
+    write_switching_protocols(&mut out, "dGhlIHNhbXBsZSBub25jZQ==", None, None);
     assert_eq!(
         out,
         b"HTTP/1.1 101 Switching Protocols\r\n\
@@ -505,7 +505,7 @@ fn section_4_2_2_switching_protocols_bytes_exactly() {
           \r\n"
     );
     out.clear();
-    write_switching_protocols(&mut out, "dGhlIHNhbXBsZSBub25jZQ==", Some("chat"));
+    write_switching_protocols(&mut out, "dGhlIHNhbXBsZSBub25jZQ==", Some("chat"), None);
     assert_eq!(
         out,
         b"HTTP/1.1 101 Switching Protocols\r\n\
@@ -521,7 +521,7 @@ fn section_4_2_2_switching_protocols_bytes_exactly() {
 fn section_9_1_switching_protocols_declines_extensions_by_omission() {
     let u = upgrade(CHROME);
     let mut out = Vec::new();
-    write_switching_protocols(&mut out, u.key, None);
+    write_switching_protocols(&mut out, u.key, None, None);
     assert!(!String::from_utf8_lossy(&out).contains("Extensions"));
 }
 
@@ -667,7 +667,7 @@ proptest! {
         if let Ok(Parsed::Complete { request: Request::Upgrade(u), consumed }) = parse(&data) {
             prop_assert!(consumed <= data.len());
             let mut out = Vec::new();
-            write_switching_protocols(&mut out, u.key, None);
+            write_switching_protocols(&mut out, u.key, None, None);
         }
     }
 
