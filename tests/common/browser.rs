@@ -32,7 +32,12 @@ impl Drop for Browser {
 
 /// Start Chromium with `extra` flags: the browser and its DevTools URL.
 pub fn launch_chromium(extra: &[&str]) -> (Browser, String) {
-    let profile = std::env::temp_dir().join(format!("ringecho-chromium-{}", std::process::id()));
+    // One profile per browser: tests in one process run side by side, and
+    // two Chromiums on one profile directory refuse each other.
+    static LAUNCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = LAUNCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let profile =
+        std::env::temp_dir().join(format!("ringecho-chromium-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&profile);
     let mut child = Command::new("chromium")
         .process_group(0)
@@ -147,6 +152,7 @@ impl Cdp {
 
 /// Load `url` in a fresh headless Chromium started with `extra` flags and
 /// return the echo page's output once it says DISCONNECTED (or after 30 s),
+/// then a line `extensions: ...` with the extensions its socket agreed to,
 /// with the browser's profile directory (removed once the browser is gone).
 pub fn echo_page_output(url: &str, extra: &[&str]) -> (String, std::path::PathBuf) {
     let (browser, browser_ws) = launch_chromium(extra);
@@ -174,6 +180,16 @@ pub fn echo_page_output(url: &str, extra: &[&str]) -> (String, std::path::PathBu
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    // What the browser agreed to (RFC 6455 §9.1), from the page's socket.
+    let r = cdp.call(
+        "Runtime.evaluate",
+        serde_json::json!({
+            "expression": "typeof websocket === 'undefined' ? '' : websocket.extensions",
+            "returnByValue": true
+        }),
+    );
+    let extensions = r["result"]["result"]["value"].as_str().unwrap_or_default();
+    let text = format!("{text}\nextensions: {extensions}");
     let profile = browser.1.clone();
     drop(cdp);
     drop(browser);
