@@ -2,6 +2,11 @@
 //! validation of text (§5.6, §8.1), each measured beside a plain
 //! `copy_from_slice` of the same size, the memory-bandwidth yardstick.
 //!
+//! The `deflate` group is permessage-deflate's check (RFC 7692): inflating
+//! a compressed text message into scratch and validating it, beside
+//! validating the inflated bytes alone and beside the deflate pass a
+//! recompressing echo would add.
+//!
 //! One function per group; add new groups to `criterion_group!` below.
 
 use criterion::{
@@ -277,5 +282,89 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSoc
     g.finish();
 }
 
-criterion_group!(benches, unmask, utf8, whole_path, engine);
+/// JSON chat lines from a small vocabulary with a fixed pseudo-random walk:
+/// text that compresses the way real chat or log traffic does (about 1:3
+/// at zlib's default level), not a repeated unit that compresses 1:100.
+fn chat_text(size: usize) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "ring", "echo", "frame", "mask", "deflate", "héllo", "wörld", "shard", "socket", "buffer",
+        "κόσμε", "latency", "window", "client", "server", "message",
+    ];
+    let mut x: u32 = 0x9E37_79B9;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    let mut s = String::with_capacity(size + 64);
+    while s.len() < size {
+        let n = next();
+        s.push_str(&format!(
+            "{{\"user\":\"u{}\",\"seq\":{},\"text\":\"",
+            n % 500,
+            n % 100_000
+        ));
+        for _ in 0..(3 + n % 9) {
+            s.push_str(WORDS[(next() % 16) as usize]);
+            s.push(' ');
+        }
+        s.push_str("\"}\n");
+    }
+    let mut b = s.into_bytes();
+    while b.len() > size || std::str::from_utf8(&b).is_err() {
+        b.pop();
+    }
+    b
+}
+
+/// What a client sends for `data` (RFC 7692 §7.2.1): raw DEFLATE at zlib's
+/// default level, sync-flushed, the 4-byte tail removed.
+fn client_deflate(data: &[u8]) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    let mut z = Compress::new(Compression::default(), false);
+    let mut out = Vec::with_capacity(data.len() + 1024);
+    z.compress_vec(data, &mut out, FlushCompress::Sync)
+        .expect("deflate");
+    assert_eq!(z.total_in() as usize, data.len());
+    out.truncate(out.len() - 4);
+    out
+}
+
+fn deflate(c: &mut Criterion) {
+    use ringecho_proto::deflate::Inflater;
+    let mut g = c.benchmark_group("deflate");
+    for size in [16 << 10, 1 << 20] {
+        let text = chat_text(size);
+        let z = client_deflate(&text);
+        eprintln!(
+            "deflate: {} of chat text compresses to {} bytes ({:.2})",
+            label(size),
+            z.len(),
+            z.len() as f64 / size as f64
+        );
+        // Bytes of message (inflated), so every row is comparable.
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(BenchmarkId::new("inflate_validate", label(size)), |b| {
+            let mut inflater = Inflater::take();
+            let mut v = Utf8Validator::new();
+            b.iter(|| {
+                inflater.feed(black_box(&z), Some(&mut v), u64::MAX).unwrap();
+                inflater.finish_message(Some(&mut v), u64::MAX).unwrap();
+                v.finish().unwrap();
+                inflater.reset();
+            })
+        });
+        g.bench_function(BenchmarkId::new("from_utf8_inflated", label(size)), |b| {
+            b.iter(|| std::str::from_utf8(black_box(&text)).is_ok())
+        });
+        // What a recompressing echo adds on top of the check.
+        g.bench_function(BenchmarkId::new("deflate_level6", label(size)), |b| {
+            b.iter(|| client_deflate(black_box(&text)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, unmask, utf8, whole_path, engine, deflate);
 criterion_main!(benches);
