@@ -18,6 +18,7 @@ USAGE:
     loadtest soak [OPTIONS]                long mixed well-behaved and hostile load
     loadtest peer KIND --listen ADDR:PORT  run a peer echo server
                                            KIND: fastwebsockets | tungstenite | raw-uring | raw-ring
+                                                 | deflate-recompress
 
 LOAD OPTIONS (URL is ws://IP:PORT/PATH, or tcp://IP:PORT with --raw):
     --connections N        Connections [default: 10]
@@ -42,6 +43,25 @@ LOAD OPTIONS (URL is ws://IP:PORT/PATH, or tcp://IP:PORT with --raw):
                            has ~28k ephemeral ports) [default: enough for N connections]
     --raw                  Raw TCP: send the pre-built masked frame bytes, expect
                            them back verbatim (for a raw echo server)
+    --deflate              Offer permessage-deflate (RFC 7692) with
+                           client_no_context_takeover; server_no_context_takeover
+                           and send every message compressed: raw DEFLATE at zlib
+                           level 6, a fresh compressor state per message, RSV1 set.
+                           A 101 that does not accept the offer fails the connection
+                           (error deflate_refused; the reason goes to stderr). Each
+                           echo is reassembled and must come back compressed: one
+                           byte-identical to what was sent is verified as it is,
+                           any other is inflated and compared with the original.
+                           The messages are compressible, a set of 64 made once at
+                           start-up (fewer for tiny or huge sizes); message n is
+                           the set's n mod 64. --text: JSON lines of common English words (wire bytes
+                           per message byte ~0.40 at 1 KiB, ~0.27 at 16 KiB);
+                           --binary: 16-byte little-endian sensor records whose
+                           fields move in small steps (~0.50 at 1 KiB, ~0.45 at
+                           16 KiB). Below ~100 B they do not compress (~1.1 at
+                           20 B). The report gives the compression ratio.
+    --compressible         Send the messages --deflate sends, uncompressed (the
+                           baseline for --deflate)
     --json                 Print one JSON object on stdout instead of the text report
     --server-pid PID       Sample this process's CPU time over the measured window,
                            and its RSS before the run and under load (RSS per
@@ -67,8 +87,18 @@ COMPARE OPTIONS:
     --connections N  --size BYTES  --duration SECS  --warmup SECS  --in-flight K
     --rounds R             Repeat the interleaved server sequence R times; medians are
                            reported [default: 1]
-    --servers LIST         Comma list of ringecho,fastwebsockets,tungstenite,raw-uring,raw-ring
-                           [default: all four]
+    --servers LIST         Comma list of ringecho,fastwebsockets,tungstenite,raw-uring,raw-ring,
+                           deflate-recompress [default: the first four]
+    --text                 Text messages [default: binary]
+    --deflate              permessage-deflate: ringecho started with --permessage-deflate
+                           and the deflate-recompress peer, each with the client
+                           sending compressed (loadtest --deflate), beside ringecho
+                           without the flag, sent the same messages uncompressed
+                           (--compressible). Other WebSocket peers in --servers are
+                           sent them uncompressed too. The table adds server CPU per
+                           echo, and ringecho --permessage-deflate's ratio to the
+                           recompressing peer follows it
+                           [defaults: --servers ringecho,deflate-recompress, --size 1024]
     --out DIR              Where NAME.md and NAME.svg go [default: a new
                            directory ./loadtest-compare-TIME, printed]
     --name NAME            [default: c{connections}-s{size}]
@@ -103,7 +133,15 @@ Writes NAME.md, NAME.json and NAME.svg; exit status 1 if a check fails.
 PEER OPTIONS:
     --listen ADDR:PORT     [default: 127.0.0.1:9002]; port 0 picks a free one
     --corrupt              (broken server, for tests) flip a byte of every 100th message
+                           (deflate-recompress: of the message before compressing it)
     --drop                 (broken server, for tests) drop every 100th message
+
+    deflate-recompress echoes compressed messages as most servers do: it
+    accepts a permessage-deflate offer (server_no_context_takeover;
+    client_no_context_takeover), then inflates each compressed message,
+    checks text is UTF-8, and compresses it again (zlib level 6, a fresh
+    state per message) to send it back; uncompressed messages come back as
+    they are.
 
 Exit status: 0 when every echo verified and no error of any kind was counted,
 1 when any error was counted, 2 on bad usage.
@@ -139,6 +177,10 @@ pub struct LoadArgs {
     pub connect_rate: Option<f64>,
     pub source_ips: Option<u32>,
     pub raw: bool,
+    /// Offer permessage-deflate and send every message compressed.
+    pub deflate: bool,
+    /// Send `deflate`'s messages uncompressed.
+    pub compressible: bool,
     pub json: bool,
     pub server_pid: Option<u32>,
     /// The target is ringecho, whose metrics listener is here: read its
@@ -169,6 +211,10 @@ pub struct CompareArgs {
     pub in_flight: usize,
     pub rounds: usize,
     pub servers: Vec<String>,
+    /// Text messages rather than binary.
+    pub text: bool,
+    /// The permessage-deflate comparison (see HELP).
+    pub deflate: bool,
     pub out: PathBuf,
     pub name: Option<String>,
 }
@@ -202,6 +248,7 @@ pub enum PeerKind {
     Tungstenite,
     RawUring,
     RawRing,
+    DeflateRecompress,
 }
 
 impl PeerKind {
@@ -211,6 +258,7 @@ impl PeerKind {
             "tungstenite" | "tokio-tungstenite" => Some(PeerKind::Tungstenite),
             "raw-uring" | "raw" => Some(PeerKind::RawUring),
             "raw-ring" => Some(PeerKind::RawRing),
+            "deflate-recompress" => Some(PeerKind::DeflateRecompress),
             _ => None,
         }
     }
@@ -221,6 +269,7 @@ impl PeerKind {
             PeerKind::Tungstenite => "tungstenite",
             PeerKind::RawUring => "raw-uring",
             PeerKind::RawRing => "raw-ring",
+            PeerKind::DeflateRecompress => "deflate-recompress",
         }
     }
 }
@@ -302,6 +351,8 @@ fn parse_load(args: &[String]) -> Result<LoadArgs, String> {
         connect_rate: None,
         source_ips: None,
         raw: false,
+        deflate: false,
+        compressible: false,
         json: false,
         server_pid: None,
         server_stats: None,
@@ -346,6 +397,8 @@ fn parse_load(args: &[String]) -> Result<LoadArgs, String> {
                 a.source_ips = Some(n);
             }
             "--raw" => a.raw = true,
+            "--deflate" => a.deflate = true,
+            "--compressible" => a.compressible = true,
             "--json" => a.json = true,
             "--server-pid" => a.server_pid = Some(f.num(flag)?),
             "--server-stats" => {
@@ -381,6 +434,14 @@ fn parse_load(args: &[String]) -> Result<LoadArgs, String> {
     }
     if a.duration.is_zero() {
         return Err("--duration must be positive".into());
+    }
+    if a.raw && (a.deflate || a.compressible) {
+        return Err("--deflate and --compressible speak WebSocket; drop --raw".into());
+    }
+    if a.deflate && a.compressible {
+        return Err(
+            "--compressible sends --deflate's messages uncompressed; give one of the two".into(),
+        );
     }
     if a.echo_on_open && a.rate.is_some() {
         // The open-loop schedule spreads over the connections open when it
@@ -468,10 +529,14 @@ fn parse_compare(args: &[String]) -> Result<CompareArgs, String> {
         servers: ["ringecho", "fastwebsockets", "tungstenite", "raw-uring"]
             .map(String::from)
             .to_vec(),
+        text: false,
+        deflate: false,
         out: fresh_dir("compare"),
         name: None,
     };
     let mut have_ringecho = false;
+    let mut have_servers = false;
+    let mut have_size = false;
     let mut f = Flags { args, at: 0 };
     while let Some(flag) = f.next_flag() {
         match flag {
@@ -491,7 +556,10 @@ fn parse_compare(args: &[String]) -> Result<CompareArgs, String> {
                 c.client_cpus = v.into();
             }
             "--connections" | "-c" => c.connections = f.num(flag)?,
-            "--size" | "-s" => c.size = f.num(flag)?,
+            "--size" | "-s" => {
+                c.size = f.num(flag)?;
+                have_size = true;
+            }
             "--duration" | "-d" => c.duration = f.secs(flag)?,
             "--warmup" => c.warmup = f.secs(flag)?,
             "--in-flight" => c.in_flight = f.num(flag)?,
@@ -504,11 +572,31 @@ fn parse_compare(args: &[String]) -> Result<CompareArgs, String> {
                     }
                 }
                 c.servers = list;
+                have_servers = true;
             }
+            "--text" => c.text = true,
+            "--deflate" => c.deflate = true,
             "--out" => c.out = PathBuf::from(f.value(flag)?),
             "--name" => c.name = Some(f.value(flag)?.into()),
             "-h" | "--help" => return Err(String::new()),
             s => return Err(format!("compare: unexpected argument {s}")),
+        }
+    }
+    if c.deflate {
+        if !have_servers {
+            c.servers = ["ringecho", "deflate-recompress"]
+                .map(String::from)
+                .to_vec();
+        }
+        // The usual 20 bytes grow when compressed; 1 KiB is a small
+        // message that compresses.
+        if !have_size {
+            c.size = 1024;
+        }
+        if let Some(raw) = c.servers.iter().find(|s| s.starts_with("raw")) {
+            return Err(format!(
+                "--deflate: {raw} is a raw TCP echo, which cannot take part"
+            ));
         }
     }
     if c.servers.iter().any(|s| s == "ringecho") && !have_ringecho {
@@ -615,10 +703,10 @@ fn parse_soak(args: &[String]) -> Result<SoakArgs, String> {
 }
 
 fn parse_peer(args: &[String]) -> Result<PeerArgs, String> {
-    let kind = args
-        .first()
-        .and_then(|k| PeerKind::parse(k))
-        .ok_or("peer needs a kind: fastwebsockets, tungstenite, raw-uring or raw-ring")?;
+    let kind = args.first().and_then(|k| PeerKind::parse(k)).ok_or(
+        "peer needs a kind: fastwebsockets, tungstenite, raw-uring, raw-ring \
+             or deflate-recompress",
+    )?;
     let mut p = PeerArgs {
         kind,
         listen: SocketAddr::from(([127, 0, 0, 1], 9002)),
@@ -681,6 +769,36 @@ mod tests {
         assert_eq!(c.out, PathBuf::from("x"));
         let s = parse_soak(&args(&["--ringecho", "ringecho"])).unwrap();
         assert!(s.out.to_string_lossy().starts_with("loadtest-soak-"));
+    }
+
+    #[test]
+    fn deflate_flags() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let c = parse_compare(&args(&["--ringecho", "r", "--deflate"])).unwrap();
+        assert_eq!(c.servers, ["ringecho", "deflate-recompress"]);
+        assert_eq!(c.size, 1024);
+        let c = parse_compare(&args(&[
+            "--deflate",
+            "--servers",
+            "deflate-recompress,fastwebsockets",
+            "--size",
+            "20",
+        ]))
+        .unwrap();
+        assert_eq!(c.servers, ["deflate-recompress", "fastwebsockets"]);
+        assert_eq!(c.size, 20);
+        assert!(parse_compare(&args(&["--deflate", "--servers", "raw-ring"])).is_err());
+        let c = parse_compare(&args(&["--servers", "deflate-recompress"])).unwrap();
+        assert_eq!((c.deflate, c.size), (false, 20));
+        let l = parse_load(&args(&["ws://127.0.0.1:1/", "--deflate"])).unwrap();
+        assert!(l.deflate && !l.compressible);
+        for bad in [
+            &["ws://127.0.0.1:1/", "--deflate", "--raw"][..],
+            &["ws://127.0.0.1:1/", "--compressible", "--raw"],
+            &["ws://127.0.0.1:1/", "--compressible", "--deflate"],
+        ] {
+            assert!(parse_load(&args(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,12 @@ use crate::report::Report;
 
 /// Label of the row a `--ringecho-baseline` binary gets.
 const BASELINE: &str = "ringecho (baseline)";
+/// `--deflate` rows: ringecho echoing compressed messages as they came, the
+/// peer that inflates and compresses them again, and ringecho sent the
+/// same messages uncompressed.
+const RINGECHO_DEFLATE: &str = "ringecho --permessage-deflate";
+const RECOMPRESS: &str = "recompress (flate2, level 6)";
+const RINGECHO_PLAIN: &str = "ringecho (no deflate)";
 
 /// One server the comparison runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,28 +39,90 @@ impl Target {
     }
 }
 
+/// What the client sends a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Messages {
+    /// The usual sequence-numbered pattern.
+    Pattern,
+    /// `--deflate`'s compressible messages, compressed; ringecho is started
+    /// with `--permessage-deflate`.
+    Deflate,
+    /// The same messages, uncompressed (`--compressible`).
+    Uncompressed,
+}
+
+/// One row of the comparison: a server and what it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    target: Target,
+    messages: Messages,
+}
+
+impl Entry {
+    fn label(self) -> String {
+        match (self.target, self.messages) {
+            (Target::Ringecho, Messages::Deflate) => RINGECHO_DEFLATE.into(),
+            (Target::Ringecho, Messages::Uncompressed) => RINGECHO_PLAIN.into(),
+            (Target::Peer(PeerKind::DeflateRecompress), Messages::Deflate) => RECOMPRESS.into(),
+            (t, Messages::Deflate) => format!("{} --permessage-deflate", t.label()),
+            (t, Messages::Uncompressed) => format!("{} (no deflate)", t.label()),
+            (t, Messages::Pattern) => t.label().into(),
+        }
+    }
+}
+
 /// `--servers` in order, the baseline (when given) right after ringecho so
-/// the two ringecho rows sit side by side.
-fn targets(args: &CompareArgs) -> Vec<Target> {
-    let mut out: Vec<Target> = args
-        .servers
-        .iter()
-        .map(|s| PeerKind::parse(s).map_or(Target::Ringecho, Target::Peer))
-        .collect();
-    if args.ringecho_baseline.is_some() {
-        let at = out
-            .iter()
-            .position(|t| *t == Target::Ringecho)
-            .map_or(out.len(), |i| i + 1);
-        out.insert(at, Target::Baseline);
+/// the two ringecho rows sit side by side. With `--deflate`, ringecho is
+/// run twice (with the flag and compressed messages, then without and
+/// uncompressed), the recompressing peer gets compressed messages and any
+/// other peer, which cannot negotiate the extension, uncompressed ones.
+fn entries(args: &CompareArgs) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for s in &args.servers {
+        let target = PeerKind::parse(s).map_or(Target::Ringecho, Target::Peer);
+        let messages = match target {
+            _ if !args.deflate => Messages::Pattern,
+            Target::Ringecho | Target::Peer(PeerKind::DeflateRecompress) => Messages::Deflate,
+            _ => Messages::Uncompressed,
+        };
+        out.push(Entry { target, messages });
+        if target != Target::Ringecho {
+            continue;
+        }
+        if args.ringecho_baseline.is_some() {
+            out.push(Entry {
+                target: Target::Baseline,
+                messages,
+            });
+        }
+        if args.deflate {
+            out.push(Entry {
+                target,
+                messages: Messages::Uncompressed,
+            });
+        }
+    }
+    if args.ringecho_baseline.is_some() && !out.iter().any(|e| e.target == Target::Baseline) {
+        out.push(Entry {
+            target: Target::Baseline,
+            messages: if args.deflate {
+                Messages::Deflate
+            } else {
+                Messages::Pattern
+            },
+        });
     }
     out
 }
 
-fn start(target: Target, args: &CompareArgs, cpus: &[usize]) -> Result<Server, String> {
+fn start(entry: Entry, args: &CompareArgs, cpus: &[usize]) -> Result<Server, String> {
+    let target = entry.target;
     let ringecho = |path: &Path| {
         let mut c = Command::new(path);
         c.args(["--threads", "1", "--listen", "127.0.0.1:0"]);
+        if entry.messages == Messages::Deflate {
+            c.arg("--permessage-deflate");
+        }
         c
     };
     let cmd = match (target, &args.ringecho_baseline) {
@@ -68,11 +136,11 @@ fn start(target: Target, args: &CompareArgs, cpus: &[usize]) -> Result<Server, S
             c
         }
     };
-    start_server(target.label(), cmd, cpus)
+    start_server(&entry.label(), cmd, cpus)
 }
 
 fn run_client(
-    target: Target,
+    entry: Entry,
     args: &CompareArgs,
     server: &Server,
     cpus: &[usize],
@@ -88,11 +156,22 @@ fn run_client(
             ("--in-flight", args.in_flight.to_string()),
         ],
     );
-    if matches!(target, Target::Peer(PeerKind::RawUring | PeerKind::RawRing)) {
+    if matches!(
+        entry.target,
+        Target::Peer(PeerKind::RawUring | PeerKind::RawRing)
+    ) {
         load.push("--raw".into());
     }
+    if args.text {
+        load.push("--text".into());
+    }
+    match entry.messages {
+        Messages::Pattern => {}
+        Messages::Deflate => load.push("--deflate".into()),
+        Messages::Uncompressed => load.push("--compressible".into()),
+    }
     let limit = args.warmup + args.duration + Duration::from_secs(60);
-    let what = format!("client against {}", target.label());
+    let what = format!("client against {}", entry.label());
     run_load(&what, &load, cpus, limit)
 }
 
@@ -106,6 +185,10 @@ struct Row {
     pub p99_us: f64,
     pub client_cpu: Option<f64>,
     pub server_cpu: Option<f64>,
+    /// Server CPU time per echo, µs.
+    pub server_us_per_echo: Option<f64>,
+    /// `--deflate`: wire bytes per message byte, as sent and as echoed.
+    pub compression: Option<(f64, f64)>,
     pub errors: u64,
     pub rounds: Vec<f64>,
 }
@@ -146,6 +229,14 @@ fn row(server: &str, reports: &[Report]) -> Row {
         p99_us: pick(&|r| r.latency_us.p99 as f64),
         client_cpu: cpu(&|r| r.cpu.as_ref().map(|c| c.client_pct)),
         server_cpu: cpu(&|r| r.cpu.as_ref().and_then(|c| c.server_pct)),
+        // Per round, then the median: a round's CPU goes with its own rate.
+        server_us_per_echo: cpu(&|r| {
+            let pct = r.cpu.as_ref()?.server_pct?;
+            (r.msgs_per_sec > 0.0).then(|| pct / 100.0 * 1e6 / r.msgs_per_sec)
+        }),
+        compression: cpu(&|r| r.compression_ratio)
+            .zip(cpu(&|r| r.echo_compression_ratio))
+            .or_else(|| reports.iter().any(|r| r.compressible).then_some((1.0, 1.0))),
         errors: reports.iter().map(|r| r.error_total).sum(),
         rounds: reports.iter().map(|r| r.msgs_per_sec).collect(),
     }
@@ -158,16 +249,16 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
         .name
         .clone()
         .unwrap_or_else(|| format!("c{}-s{}", args.connections, args.size));
-    let targets = targets(&args);
-    let n = targets.len();
+    let entries = entries(&args);
+    let n = entries.len();
     let mut reports: Vec<Vec<Report>> = vec![Vec::new(); n];
     for round in 0..args.rounds {
         // Rotate the order each round so drift on a noisy machine (thermal,
         // neighbours) does not always favour the same server.
         for k in 0..n {
             let i = (k + round) % n;
-            let target = targets[i];
-            let display = target.label();
+            let entry = entries[i];
+            let display = entry.label();
             eprintln!(
                 "compare: round {}/{}: {display} ({} connections, {} B)",
                 round + 1,
@@ -175,8 +266,8 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
                 args.connections,
                 args.size
             );
-            let server = start(target, &args, &server_cpus)?;
-            let report = run_client(target, &args, &server, &client_cpus)?;
+            let server = start(entry, &args, &server_cpus)?;
+            let report = run_client(entry, &args, &server, &client_cpus)?;
             drop(server);
             eprintln!(
                 "compare:   {:.0} msgs/s, p50 {} µs, p99 {} µs, errors {}",
@@ -188,35 +279,63 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
             reports[i].push(report);
         }
     }
-    let rows: Vec<Row> = targets
+    let rows: Vec<Row> = entries
         .iter()
         .zip(&reports)
-        .map(|(t, r)| row(t.label(), r))
+        .map(|(e, r)| row(&e.label(), r))
         .collect();
-    let rate_of = |label: &str| {
-        rows.iter()
-            .find(|r| r.server == label)
-            .map(|r| r.msgs_per_sec)
-            .filter(|v| *v > 0.0)
+    let find = |label: &str| rows.iter().find(|r| r.server == label);
+    let rate_of = |label: &str| find(label).map(|r| r.msgs_per_sec).filter(|v| *v > 0.0);
+    // The ringecho row every other is a ratio to.
+    let primary = Entry {
+        target: Target::Ringecho,
+        messages: if args.deflate {
+            Messages::Deflate
+        } else {
+            Messages::Pattern
+        },
     };
-    let base = rate_of("ringecho");
+    let base = rate_of(&primary.label());
     // ringecho's throughput over its baseline's: above 1 the change helped.
-    let vs_baseline = base.zip(rate_of(BASELINE)).map(|(r, b)| r / b);
-    if let Some(x) = vs_baseline {
-        eprintln!("compare: ringecho is {x:.2}× its baseline");
+    let baseline_label = Entry {
+        target: Target::Baseline,
+        ..primary
     }
-    let md = markdown(&args, &name, &rows, base, vs_baseline);
+    .label();
+    let vs_baseline = base.zip(rate_of(&baseline_label)).map(|(r, b)| Ratio {
+        label: format!("{} / {baseline_label}", primary.label()),
+        rate: r / b,
+        cpu: None,
+    });
+    // The verbatim echo of compressed messages against inflating and
+    // compressing them again: throughput up, server CPU per echo down.
+    let vs_recompress = base.zip(rate_of(RECOMPRESS)).map(|(r, p)| Ratio {
+        label: format!("{RINGECHO_DEFLATE} / {RECOMPRESS}"),
+        rate: r / p,
+        cpu: find(RINGECHO_DEFLATE)
+            .and_then(|r| r.server_us_per_echo)
+            .zip(find(RECOMPRESS).and_then(|r| r.server_us_per_echo))
+            .map(|(r, p)| r / p),
+    });
+    let ratios: Vec<Ratio> = vs_baseline.into_iter().chain(vs_recompress).collect();
+    for r in &ratios {
+        eprintln!("compare: {}", r.line());
+    }
+    let md = markdown(&args, &name, &rows, base, &ratios);
     print!("{md}");
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let md_path = args.out.join(format!("{name}.md"));
     std::fs::write(&md_path, &md).map_err(|e| format!("{}: {e}", md_path.display()))?;
     let svg_path = args.out.join(format!("{name}.svg"));
     let mut title = format!(
-        "{} connections, {} B messages, closed loop ({} in flight)",
-        args.connections, args.size, args.in_flight
+        "{} connections, {} B {}messages, closed loop ({} in flight)",
+        args.connections,
+        args.size,
+        if args.deflate { "compressible " } else { "" },
+        args.in_flight
     );
-    if let Some(x) = vs_baseline {
-        title.push_str(&format!("; ringecho {x:.2}× its baseline"));
+    if let Some(r) = ratios.first() {
+        title.push_str(&format!("; {} {:.2}×", r.label, r.rate));
     }
     let bars: Vec<Bar<'_>> = rows
         .iter()
@@ -239,20 +358,44 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// One row's throughput (and server CPU per echo) over another's.
+struct Ratio {
+    /// "row / other row"
+    label: String,
+    rate: f64,
+    cpu: Option<f64>,
+}
+
+impl Ratio {
+    fn line(&self) -> String {
+        let mut l = format!("{}: {:.2}× msgs/s", self.label, self.rate);
+        if let Some(c) = self.cpu {
+            l.push_str(&format!(", {c:.2}× server CPU per echo"));
+        }
+        l
+    }
+}
+
 fn markdown(
     args: &CompareArgs,
     name: &str,
     rows: &[Row],
     base: Option<f64>,
-    vs_baseline: Option<f64>,
+    ratios: &[Ratio],
 ) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
     let _ = writeln!(o, "# {name}\n");
+    let flags = match (args.deflate, args.text) {
+        (true, true) => " --deflate --text",
+        (true, false) => " --deflate",
+        (false, true) => " --text",
+        (false, false) => "",
+    };
     let _ = writeln!(
         o,
-        "`loadtest compare --connections {} --size {} --duration {} --warmup {} --in-flight {} \
-         --rounds {} --server-cpus {} --client-cpus {}`\n",
+        "`loadtest compare{flags} --connections {} --size {} --duration {} --warmup {} \
+         --in-flight {} --rounds {} --server-cpus {} --client-cpus {}`\n",
         args.connections,
         args.size,
         args.duration.as_secs_f64(),
@@ -264,15 +407,36 @@ fn markdown(
     );
     let _ = writeln!(
         o,
-        "Closed loop, binary messages, each server on one thread pinned to {}, \
+        "Closed loop, {} messages, each server on one thread pinned to {}, \
          the client pinned to {}. MB/s is echoed payload per second in one \
          direction (10^6 bytes; the same flows the other way). Latency is the echo \
          round trip. CPU is percent of one core over the measured window. Values are \
          medians over {}; the server order rotates each round.\n",
+        if args.text { "text" } else { "binary" },
         cpu_label(&args.server_cpus),
         cpu_label(&args.client_cpus),
         crate::report::plural(args.rounds as u64, "round")
     );
+    if args.deflate {
+        let _ = writeln!(
+            o,
+            "permessage-deflate (RFC 7692): the messages are compressible \
+             ({}, a set of {} made once; see `loadtest --help`). \
+             `{RINGECHO_DEFLATE}` and `{RECOMPRESS}` are sent them compressed \
+             (zlib level 6, no context takeover): ringecho echoes them as they came, \
+             the recompressing peer inflates, checks and compresses each again, as \
+             most servers do. Rows marked `(no deflate)` are sent the same messages \
+             uncompressed. Every echo is verified. Server CPU µs/echo is the \
+             server's CPU time over the window per message echoed; wire/message \
+             is compressed payload bytes per message byte, as sent / as echoed.\n",
+            if args.text {
+                "JSON lines of English words"
+            } else {
+                "little-endian sensor records"
+            },
+            crate::client::payload::SET_MESSAGES
+        );
+    }
     if args.ringecho_baseline.is_some() {
         let _ = writeln!(
             o,
@@ -280,18 +444,40 @@ fn markdown(
              pinning as `ringecho`.\n"
         );
     }
+    // The --deflate columns go in only with --deflate, so every other
+    // table keeps the layout of the ones already published.
+    let (deflate_head, deflate_align) = if args.deflate {
+        (" server CPU µs/echo | wire/message |", "---:|---:|")
+    } else {
+        ("", "")
+    };
     let _ = writeln!(
         o,
-        "| server | msgs/s | vs ringecho | MB/s | p50 µs | p99 µs | client CPU % | server CPU % | errors | msgs/s per round |"
+        "| server | msgs/s | vs ringecho | MB/s | p50 µs | p99 µs | client CPU % | server CPU % |\
+         {deflate_head} errors | msgs/s per round |"
     );
-    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        o,
+        "|---|---:|---:|---:|---:|---:|---:|---:|{deflate_align}---:|---|"
+    );
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
     for r in rows {
         let ratio = base.map_or("-".to_string(), |b| format!("{:.2}×", r.msgs_per_sec / b));
         let per_round: Vec<String> = r.rounds.iter().map(|v| format!("{v:.0}")).collect();
+        let deflate_cells = if args.deflate {
+            let us = r
+                .server_us_per_echo
+                .map_or("-".to_string(), |v| format!("{v:.2}"));
+            let wire = r
+                .compression
+                .map_or("-".to_string(), |(s, e)| format!("{s:.3} / {e:.3}"));
+            format!(" {us} | {wire} |")
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             o,
-            "| {} | {:.0} | {ratio} | {:.2} | {:.0} | {:.0} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {ratio} | {:.2} | {:.0} | {:.0} | {} | {} |{deflate_cells} {} | {} |",
             r.server,
             r.msgs_per_sec,
             r.mb_per_sec,
@@ -303,8 +489,11 @@ fn markdown(
             per_round.join(", ")
         );
     }
-    if let Some(x) = vs_baseline {
-        let _ = writeln!(o, "\nringecho / {BASELINE}: {x:.2}× msgs/s");
+    if !ratios.is_empty() {
+        let _ = writeln!(o);
+    }
+    for r in ratios {
+        let _ = writeln!(o, "{}", r.line());
     }
     o
 }
@@ -312,6 +501,47 @@ fn markdown(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deflate_runs_ringecho_twice_and_peers_as_they_can() {
+        let mut args = crate::cli::parse(
+            [
+                "compare",
+                "--deflate",
+                "--ringecho",
+                "r",
+                "--ringecho-baseline",
+                "b",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .map(|c| match c {
+            crate::cli::Command::Compare(c) => c,
+            other => panic!("{other:?}"),
+        })
+        .unwrap();
+        args.servers = ["fastwebsockets", "ringecho", "deflate-recompress"]
+            .map(String::from)
+            .to_vec();
+        let labels: Vec<String> = entries(&args).into_iter().map(Entry::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "fastwebsockets (no deflate)",
+                RINGECHO_DEFLATE,
+                "ringecho (baseline) --permessage-deflate",
+                RINGECHO_PLAIN,
+                RECOMPRESS
+            ]
+        );
+        args.deflate = false;
+        let labels: Vec<String> = entries(&args).into_iter().map(Entry::label).collect();
+        assert_eq!(
+            labels,
+            ["fastwebsockets", "ringecho", BASELINE, "deflate-recompress"]
+        );
+    }
 
     #[test]
     fn medians() {

@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod compare;
 mod cpu_time;
+mod deflate;
 mod peers;
 mod process;
 mod report;

@@ -59,6 +59,14 @@ pub struct EncodedHistograms {
     pub connect: String,
 }
 
+/// `--deflate`: payload bytes on the wire, compressed, for the messages
+/// verified in the measured window; kept so split runs merge exactly.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WireBytes {
+    pub sent: u64,
+    pub echoed: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub target: String,
@@ -66,6 +74,12 @@ pub struct Report {
     pub mode: String,
     pub raw: bool,
     pub opcode: String,
+    /// Messages sent compressed with permessage-deflate (`--deflate`).
+    #[serde(default)]
+    pub deflate: bool,
+    /// `--deflate`'s compressible messages, sent uncompressed.
+    #[serde(default)]
+    pub compressible: bool,
     pub connections: usize,
     pub connections_open: u64,
     /// Connections that never opened: connect failures, timeouts and
@@ -96,6 +110,17 @@ pub struct Report {
     pub mb_per_sec_each_way: f64,
     /// Both directions together (2 × `mb_per_sec_each_way`).
     pub mb_per_sec_both_ways: f64,
+    /// `--deflate`: compressed payload bytes sent per message byte (wire
+    /// bytes / message bytes), over the messages verified in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_ratio: Option<f64>,
+    /// The same for the echoes as they came back: equal to
+    /// `compression_ratio` when the server echoes compressed messages
+    /// verbatim, whatever its compressor makes of them otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo_compression_ratio: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire_bytes: Option<WireBytes>,
     /// Echo round trip, µs: from send (closed loop) or from the scheduled
     /// send time (open loop) to the last byte of the echo.
     pub latency_us: Percentiles,
@@ -153,6 +178,10 @@ impl Report {
         let secs = args.duration.as_secs_f64();
         let rate = stats.messages as f64 / secs;
         let mb = stats.payload_bytes as f64 / secs / 1e6;
+        let ratio = |wire: u64| {
+            (args.deflate && stats.payload_bytes > 0)
+                .then(|| (wire as f64 / stats.payload_bytes as f64 * 1e4).round() / 1e4)
+        };
         let errors: BTreeMap<String, u64> = ErrorKind::ALL
             .iter()
             .filter(|k| stats.errors[**k as usize] > 0)
@@ -168,12 +197,15 @@ impl Report {
             .into(),
             raw: args.raw,
             opcode: if args.binary { "binary" } else { "text" }.into(),
+            deflate: args.deflate,
+            compressible: args.compressible,
             connections: args.connections,
             connections_open: stats.opened,
             connections_failed: [
                 ErrorKind::ConnectFailed,
                 ErrorKind::ConnectTimeout,
                 ErrorKind::HandshakeFailed,
+                ErrorKind::DeflateRefused,
             ]
             .iter()
             .map(|k| stats.errors[*k as usize])
@@ -192,6 +224,12 @@ impl Report {
             msgs_per_sec: rate.round(),
             mb_per_sec_each_way: (mb * 1000.0).round() / 1000.0,
             mb_per_sec_both_ways: (2.0 * mb * 1000.0).round() / 1000.0,
+            compression_ratio: ratio(stats.wire_sent),
+            echo_compression_ratio: ratio(stats.wire_echoed),
+            wire_bytes: args.deflate.then_some(WireBytes {
+                sent: stats.wire_sent,
+                echoed: stats.wire_echoed,
+            }),
             latency_us: Percentiles::of(&stats.latency),
             connect_us: Percentiles::of(&stats.connect),
             error_total: errors.values().sum(),
@@ -216,6 +254,10 @@ impl Report {
         s.connect = decode(&h.connect)?;
         s.messages = self.messages;
         s.payload_bytes = self.messages * self.size as u64;
+        if let Some(w) = &self.wire_bytes {
+            s.wire_sent = w.sent;
+            s.wire_echoed = w.echoed;
+        }
         s.opened = self.connections_open;
         s.open_us = (self.open_secs * 1e6).round() as u64;
         s.echoes_while_opening = self.echoes_while_opening;
@@ -236,9 +278,16 @@ impl Report {
             Some(r) => format!("open loop at {r} msgs/s"),
             None => format!("closed loop, {} in flight per connection", self.in_flight),
         };
+        let kind = if self.deflate {
+            " compressible, permessage-deflate"
+        } else if self.compressible {
+            " compressible, uncompressed"
+        } else {
+            ""
+        };
         let _ = writeln!(
             o,
-            "{} {}: {} ({} open), {} B {} messages, {mode}, {}{}",
+            "{} {}: {} ({} open), {} B{kind} {} messages, {mode}, {}{}",
             self.target,
             if self.raw { "(raw TCP)" } else { "" },
             plural(self.connections as u64, "connection"),
@@ -257,6 +306,12 @@ impl Report {
             "  {:.0} msgs/s over {:.1} s ({} echoes verified); payload {:.3} MB/s each way, {:.3} MB/s both ways",
             self.msgs_per_sec, self.duration_s, self.messages, self.mb_per_sec_each_way, self.mb_per_sec_both_ways
         );
+        if let (Some(sent), Some(echoed)) = (self.compression_ratio, self.echo_compression_ratio) {
+            let _ = writeln!(
+                o,
+                "  compression ratio (wire bytes / message bytes): {sent:.3} sent, {echoed:.3} echoed"
+            );
+        }
         let _ = writeln!(
             o,
             "  latency µs: p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.1})",

@@ -25,10 +25,13 @@ pub enum ErrorKind {
     /// The server stopped reading: too much unsent data piled up, so
     /// scheduled messages were not sent.
     Backlog,
+    /// `--deflate`: the 101 did not accept permessage-deflate as offered
+    /// (declined it, or answered with something the client cannot use).
+    DeflateRefused,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::ConnectFailed,
         ErrorKind::ConnectTimeout,
         ErrorKind::HandshakeFailed,
@@ -39,6 +42,7 @@ impl ErrorKind {
         ErrorKind::UnexpectedClose,
         ErrorKind::Protocol,
         ErrorKind::Backlog,
+        ErrorKind::DeflateRefused,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +57,7 @@ impl ErrorKind {
             ErrorKind::UnexpectedClose => "unexpected_close",
             ErrorKind::Protocol => "protocol",
             ErrorKind::Backlog => "backlog",
+            ErrorKind::DeflateRefused => "deflate_refused",
         }
     }
 }
@@ -76,6 +81,10 @@ pub struct Stats {
     pub messages: u64,
     /// Payload bytes of those echoes (one direction).
     pub payload_bytes: u64,
+    /// `--deflate`: compressed payload bytes those messages took on the
+    /// wire as sent, and as their echoes came back.
+    pub wire_sent: u64,
+    pub wire_echoed: u64,
     pub opened: u64,
     /// From the first connect to the last connection that opened, µs.
     pub open_us: u64,
@@ -92,6 +101,8 @@ impl Stats {
             connect: new_histogram(),
             messages: 0,
             payload_bytes: 0,
+            wire_sent: 0,
+            wire_echoed: 0,
             opened: 0,
             open_us: 0,
             echoes_while_opening: 0,
@@ -114,6 +125,8 @@ impl Stats {
         let _ = self.connect.add(&other.connect);
         self.messages += other.messages;
         self.payload_bytes += other.payload_bytes;
+        self.wire_sent += other.wire_sent;
+        self.wire_echoed += other.wire_echoed;
         self.opened += other.opened;
         // Threads and processes open side by side: the last one done ends it.
         self.open_us = self.open_us.max(other.open_us);

@@ -757,3 +757,277 @@ fn compare_writes_a_table_and_chart_with_each_server_as_a_ratio_to_ringecho() {
     assert!(svg.starts_with("<svg") && svg.contains("ringecho (baseline)"));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `loadtest ARGS --json` against `server`, with stderr kept: status,
+/// report and what it said there.
+fn load_with_stderr(server: &Server, args: &[&str]) -> (ExitStatus, serde_json::Value, String) {
+    let mut child = Command::new(LOADTEST)
+        .arg(format!("ws://{}/", server.addr))
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn loadtest");
+    let mut stdout = child.stdout.take().expect("loadtest stdout");
+    let mut stderr = child.stderr.take().expect("loadtest stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = wait_bounded(&mut child, 60, "loadtest");
+    let out = out.join().expect("stdout reader");
+    let err = err.join().expect("stderr reader");
+    let json = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad JSON {e}: {out}"));
+    (status, json, err)
+}
+
+/// A `--deflate` run that must verify every echo: none lost, none wrong,
+/// every connection open; the report's compression ratio as sent and as
+/// echoed.
+fn deflate_run_verifies_everything(server: &Server, args: &[&str]) -> (f64, f64) {
+    let (status, r) = load(
+        server,
+        &[&["--deflate", "--connections", "6"], args].concat(),
+    );
+    assert!(status.success(), "{args:?}: {r}");
+    assert_eq!(r["error_total"], 0, "{args:?}: {r}");
+    assert_eq!(errors(&r, "lost"), 0, "{args:?}: {r}");
+    assert_eq!(r["connections_open"], 6, "{args:?}: {r}");
+    assert_eq!(r["deflate"], true, "{r}");
+    assert!(r["messages"].as_u64().unwrap_or(0) > 0, "{args:?}: {r}");
+    let ratio = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("no {k}: {r}"));
+    (ratio("compression_ratio"), ratio("echo_compression_ratio"))
+}
+
+#[test]
+fn deflate_against_the_recompressing_peer_verifies_every_echo() {
+    let server = peer("deflate-recompress", &[]);
+    let common = ["--duration", "1", "--warmup", "0.2", "--in-flight", "2"];
+    let (text, text_echoed) = deflate_run_verifies_everything(
+        &server,
+        &[&common[..], &["--text", "--size", "1024"]].concat(),
+    );
+    assert!(text < 0.5, "text compresses to {text}");
+    // The peer compresses again at the client's level, with the same
+    // library: the same bytes come back.
+    assert_eq!(text, text_echoed);
+    let (binary, _) = deflate_run_verifies_everything(
+        &server,
+        &[&common[..], &["--binary", "--size", "4096"]].concat(),
+    );
+    assert!(binary < 0.6, "binary compresses to {binary}");
+}
+
+#[test]
+fn deflate_corruption_by_the_recompressing_peer_is_detected() {
+    // The peer spoils the message before compressing it again, so the
+    // echo's bytes differ from what was sent and the client must inflate
+    // it to find out.
+    let server = peer("deflate-recompress", &["--corrupt"]);
+    let (status, r) = load(
+        &server,
+        &[
+            "--deflate",
+            "--text",
+            "--size",
+            "512",
+            "--connections",
+            "4",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+        ],
+    );
+    assert!(!status.success(), "{r}");
+    assert!(errors(&r, "corrupt") > 0, "{r}");
+    assert_eq!(r["error_total"], r["errors"]["corrupt"], "{r}");
+}
+
+#[test]
+fn deflate_declined_by_the_server_fails_every_connection_and_says_why() {
+    // fastwebsockets' handshake here answers without extensions.
+    let server = peer("fastwebsockets", &[]);
+    let (status, r, stderr) = load_with_stderr(
+        &server,
+        &[
+            "--deflate",
+            "--connections",
+            "3",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0",
+        ],
+    );
+    assert!(!status.success(), "{r}");
+    assert_eq!(errors(&r, "deflate_refused"), 3, "{r}");
+    assert_eq!(r["connections_open"], 0, "{r}");
+    assert_eq!(r["connections_failed"], 3, "{r}");
+    assert!(
+        stderr.contains("declined permessage-deflate"),
+        "stderr: {stderr}"
+    );
+    assert_eq!(
+        stderr.matches("--deflate:").count(),
+        1,
+        "said once: {stderr}"
+    );
+}
+
+#[test]
+fn compressible_messages_go_uncompressed_to_a_server_without_deflate() {
+    let server = ringecho();
+    let (status, r) = load(
+        &server,
+        &[
+            "--compressible",
+            "--text",
+            "--size",
+            "100000",
+            "--connections",
+            "4",
+            "--in-flight",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+        ],
+    );
+    assert!(status.success(), "{r}");
+    assert_eq!(r["error_total"], 0, "{r}");
+    assert_eq!(r["compressible"], true, "{r}");
+    assert!(r["compression_ratio"].is_null(), "{r}");
+    assert!(r["messages"].as_u64().unwrap_or(0) > 0, "{r}");
+}
+
+#[test]
+fn compare_deflate_names_the_recompressing_peer_and_adds_cpu_per_echo() {
+    let out = std::env::temp_dir().join(format!("ringecho-compare-deflate-{}", std::process::id()));
+    let status = Command::new(LOADTEST)
+        .arg("compare")
+        .arg("--deflate")
+        .args(["--servers", "deflate-recompress,fastwebsockets"])
+        .args(["--connections", "2", "--duration", "0.5", "--warmup", "0.2"])
+        .args(["--name", "d"])
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run loadtest compare --deflate");
+    assert!(status.success());
+    let md = std::fs::read_to_string(out.join("d.md")).expect("d.md written");
+    assert!(md.contains("| server CPU µs/echo | wire/message |"), "{md}");
+    for (row, compressed) in [
+        ("| recompress (flate2, level 6) | ", true),
+        ("| fastwebsockets (no deflate) | ", false),
+    ] {
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no {row} row in {md}"));
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert!(cells[2].parse::<f64>().unwrap_or(0.0) > 0.0, "{line}");
+        assert!(
+            cells[9].parse::<f64>().unwrap_or(0.0) > 0.0,
+            "µs/echo: {line}"
+        );
+        // The peer compresses again at the client's level, so what comes
+        // back is as small as what went out.
+        let (sent, echoed) = cells[10].split_once(" / ").expect("sent / echoed");
+        assert_eq!(sent, echoed, "{line}");
+        let sent: f64 = sent.parse().unwrap();
+        assert_eq!(sent < 0.6, compressed, "{line}");
+        assert_eq!(cells[11], "0", "errors: {line}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// ringecho with `--permessage-deflate` echoes compressed messages as they
+/// came: every echo verifies, and the bytes that come back are the bytes
+/// sent, even where ringecho splits a large message into several frames.
+#[test]
+fn deflate_against_ringecho_every_echo_is_the_compressed_message_as_sent() {
+    let mut cmd = Command::new(ringecho_bin());
+    cmd.args([
+        "--threads",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--permessage-deflate",
+    ]);
+    let server = start(cmd);
+    let common = ["--duration", "1", "--warmup", "0.2", "--in-flight", "2"];
+    for (kind, size, below) in [
+        ("--text", "1024", 0.5),
+        ("--binary", "4096", 0.6),
+        // Larger than ringecho's 64 KiB read buffer, compressed or not.
+        ("--text", "400000", 0.5),
+    ] {
+        let (sent, echoed) = deflate_run_verifies_everything(
+            &server,
+            &[&common[..], &[kind, "--size", size]].concat(),
+        );
+        assert!(sent < below, "{kind} {size}: {sent}");
+        assert_eq!(sent, echoed, "{kind} {size}: echoed verbatim");
+    }
+    // Without the flag ringecho declines, and the client says so.
+    let plain = ringecho();
+    let (status, r, stderr) = load_with_stderr(
+        &plain,
+        &["--deflate", "--connections", "2", "--duration", "0.3"],
+    );
+    assert!(!status.success(), "{r}");
+    assert_eq!(errors(&r, "deflate_refused"), 2, "{r}");
+    assert!(stderr.contains("declined permessage-deflate"), "{stderr}");
+
+    // compare --deflate: ringecho with the flag, the recompressing peer and
+    // ringecho without the flag, and the ratio of the first to the second.
+    let out = std::env::temp_dir().join(format!("ringecho-compare-pmd-{}", std::process::id()));
+    let status = Command::new(LOADTEST)
+        .arg("compare")
+        .arg("--deflate")
+        .arg("--text")
+        .arg("--ringecho")
+        .arg(ringecho_bin())
+        .args(["--connections", "2", "--duration", "0.5", "--warmup", "0.2"])
+        .args(["--name", "pmd"])
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run loadtest compare --deflate");
+    assert!(status.success());
+    let md = std::fs::read_to_string(out.join("pmd.md")).expect("pmd.md written");
+    for row in [
+        "| ringecho --permessage-deflate | ",
+        "| recompress (flate2, level 6) | ",
+        "| ringecho (no deflate) | ",
+    ] {
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no {row} row in {md}"));
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert!(
+            cells[9].parse::<f64>().unwrap_or(0.0) > 0.0,
+            "µs/echo: {line}"
+        );
+        assert_eq!(cells[11], "0", "errors: {line}");
+    }
+    assert!(
+        md.contains("ringecho --permessage-deflate / recompress (flate2, level 6): "),
+        "{md}"
+    );
+    assert!(md.contains("× server CPU per echo"), "{md}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -3,12 +3,14 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use mio::net::TcpStream;
 use ringecho_proto::frame::{encode_client_frame, parse_server_header, OpCode};
 
-use super::payload::{UnitCheck, Verdict, Workload};
+use super::payload::{Scratch, UnitCheck, Verdict, Workload};
+use crate::deflate::{self, Reassembler};
 use crate::stats::{ErrorKind, Stats};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +48,14 @@ pub struct Ctx<'a> {
     pub top_up_to: usize,
     /// Echoes verified at any time (for the progress line).
     pub echoes: &'a mut u64,
+    /// The thread's inflater for echoes of `--deflate` that did not come
+    /// back byte for byte as sent.
+    pub scratch: &'a mut Scratch,
 }
+
+/// Whether this process has said why a server refused permessage-deflate:
+/// every connection is refused for the same reason, once is enough.
+static TOLD_DEFLATE_REFUSED: AtomicBool = AtomicBool::new(false);
 
 pub struct Conn {
     pub stream: TcpStream,
@@ -67,10 +76,20 @@ pub struct Conn {
     check: UnitCheck,
     in_unit: bool,
     unit_opcode_ok: bool,
+    /// Set workloads (`--deflate`, `--compressible`) judge whole messages.
+    reassembly: Reassembler,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, host: &str, path: &str, raw: bool, now: Instant) -> Conn {
+    /// `deflate`: offer permessage-deflate ([`deflate::CLIENT_OFFER`]).
+    pub fn new(
+        stream: TcpStream,
+        host: &str,
+        path: &str,
+        raw: bool,
+        deflate: bool,
+        now: Instant,
+    ) -> Conn {
         let mut request = Vec::new();
         let mut accept = [0u8; 28];
         if !raw {
@@ -78,10 +97,15 @@ impl Conn {
             let nonce: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
             let key = base64::engine::general_purpose::STANDARD.encode(nonce);
             accept = ringecho_proto::handshake::accept_key(&key);
+            let extensions = if deflate {
+                format!("Sec-WebSocket-Extensions: {}\r\n", deflate::CLIENT_OFFER)
+            } else {
+                String::new()
+            };
             request = format!(
                 "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
                  Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n\
-                 Sec-WebSocket-Version: 13\r\n\r\n"
+                 Sec-WebSocket-Version: 13\r\n{extensions}\r\n"
             )
             .into_bytes();
         }
@@ -102,6 +126,9 @@ impl Conn {
             check: UnitCheck::default(),
             in_unit: false,
             unit_opcode_ok: true,
+            // Sized in `opened`, where the workload is at hand; nothing
+            // is reassembled before then.
+            reassembly: Reassembler::new(0),
         }
     }
 
@@ -167,6 +194,7 @@ impl Conn {
         if self.rx.len() < INITIAL_RX {
             self.rx.resize(INITIAL_RX, 0);
         }
+        self.reassembly = Reassembler::new(cx.w.max_echo);
     }
 
     fn read_all(&mut self, cx: &mut Ctx<'_>) {
@@ -257,6 +285,20 @@ impl Conn {
         if !ok {
             return self.fail(cx, ErrorKind::HandshakeFailed);
         }
+        if cx.w.deflate {
+            let values: Vec<&str> = resp
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .map(|h| std::str::from_utf8(h.value).unwrap_or("(not UTF-8)"))
+                .collect();
+            if let Err(why) = deflate::check_answer(&values) {
+                if !TOLD_DEFLATE_REFUSED.swap(true, Ordering::Relaxed) {
+                    eprintln!("loadtest: --deflate: {why}");
+                }
+                return self.fail(cx, ErrorKind::DeflateRefused);
+            }
+        }
         self.rx_pos += end + 4;
         self.opened(cx);
     }
@@ -284,9 +326,7 @@ impl Conn {
     /// WebSocket mode: parse unmasked server frames, reassemble fragments,
     /// answer pings.
     fn process_frames(&mut self, cx: &mut Ctx<'_>) {
-        // Data frames may not exceed the message; leave slack for a peer
-        // that pads, but never let a length field drive a huge allocation.
-        let max_len = cx.w.size as u64 + 1024;
+        let max_len = cx.w.max_echo as u64;
         while self.state == State::Open {
             let buf = &self.rx[self.rx_pos..self.rx_len];
             let h = match parse_server_header(buf) {
@@ -294,8 +334,9 @@ impl Conn {
                 Ok(None) => return,
                 Err(_) => return self.fail(cx, ErrorKind::Protocol),
             };
-            // §5.1, §5.2: a server never masks and negotiated no extension.
-            if h.masked || h.rsv != 0 {
+            // §5.1: a server never masks. §5.2: RSV bits only as an agreed
+            // extension defines them (RFC 7692 §6 for RSV1).
+            if h.masked || !deflate::rsv_allowed(h.rsv, h.opcode, cx.w.deflate) {
                 return self.fail(cx, ErrorKind::Protocol);
             }
             let (hlen, len, fin) = (h.header_len, h.payload_len, h.fin);
@@ -314,6 +355,29 @@ impl Conn {
             let p0 = self.rx_pos + hlen;
             let p1 = self.rx_pos + total;
             self.rx_pos = p1;
+            if cx.w.set.is_some() && matches!(h.opcode, 0x0..=0x2) {
+                let outstanding = self.sent_at.len() as u64;
+                let judged = match self.reassembly.push(fin, h.rsv, h.opcode, &self.rx[p0..p1]) {
+                    Err(_) => None,
+                    Ok(None) => continue,
+                    Ok(Some(m)) => Some((
+                        cx.w.judge_set(
+                            m.payload,
+                            m.compressed,
+                            self.next_recv,
+                            outstanding,
+                            cx.scratch,
+                        ),
+                        m.opcode == cx.w.opcode as u8,
+                        m.payload.len(),
+                    )),
+                };
+                let Some((verdict, opcode_ok, echo_len)) = judged else {
+                    return self.fail(cx, ErrorKind::Protocol);
+                };
+                self.settle(cx, verdict, opcode_ok, echo_len);
+                continue;
+            }
             match h.opcode {
                 op @ (0x1 | 0x2) => {
                     if self.in_unit {
@@ -360,13 +424,20 @@ impl Conn {
 
     /// A complete echo has been compared; account for it.
     fn unit_done(&mut self, cx: &mut Ctx<'_>, opcode_ok: bool) {
+        let verdict = self
+            .check
+            .finish(&cx.w.expect, self.next_recv, self.sent_at.len() as u64);
+        let len = self.check.offset;
+        self.settle(cx, verdict, opcode_ok, len);
+    }
+
+    /// Account for a complete echo, `echo_len` payload bytes as received,
+    /// judged `verdict`.
+    fn settle(&mut self, cx: &mut Ctx<'_>, verdict: Verdict, opcode_ok: bool, echo_len: usize) {
         *cx.echoes += 1;
         if self.sent_at.is_empty() {
             return cx.stats.error(ErrorKind::OutOfOrder, 1);
         }
-        let verdict = self
-            .check
-            .finish(&cx.w.expect, self.next_recv, self.sent_at.len() as u64);
         if !opcode_ok {
             cx.stats.error(ErrorKind::WrongOpcode, 1);
             self.sent_at.pop_front();
@@ -391,12 +462,17 @@ impl Conn {
         let Some(sent) = self.sent_at.pop_front() else {
             return;
         };
+        let seq = self.next_recv;
         self.next_recv += 1;
         if cx.now >= cx.window.0 && cx.now < cx.window.1 {
             let us = cx.now.saturating_duration_since(sent).as_micros() as u64;
             Stats::record_us(&mut cx.stats.latency, us);
             cx.stats.messages += 1;
             cx.stats.payload_bytes += cx.w.size as u64;
+            if cx.w.deflate {
+                cx.stats.wire_sent += cx.w.wire_len(seq) as u64;
+                cx.stats.wire_echoed += echo_len as u64;
+            }
         }
     }
 

@@ -13,6 +13,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use crate::cli::LoadArgs;
+use crate::client::payload::MessageSet;
 use crate::cpu_time::CpuSample;
 use crate::report::{CpuUse, Report};
 use crate::stats::Stats;
@@ -52,6 +53,17 @@ pub fn run(args: LoadArgs) -> Result<Report, String> {
 
 fn run_in_process(args: &LoadArgs, source_ips: Option<u32>) -> Result<Report, String> {
     let threads = args.threads.min(args.connections).max(1);
+    // Made and compressed once, before any thread starts: the messages are
+    // the same for all, and the client's cores are for the load.
+    let set = if args.deflate || args.compressible {
+        Some(Arc::new(MessageSet::build(
+            args.size,
+            args.binary,
+            args.deflate,
+        )?))
+    } else {
+        None
+    };
     let args = Arc::new(args.clone());
     let barrier = Arc::new(Barrier::new(threads + 1));
     let progress = Arc::new(AtomicU64::new(0));
@@ -70,6 +82,7 @@ fn run_in_process(args: &LoadArgs, source_ips: Option<u32>) -> Result<Report, St
             connect_rate: args.connect_rate.map(|r| r / threads as f64),
             barrier: Arc::clone(&barrier),
             progress: Arc::clone(&progress),
+            set: set.clone(),
             conns,
         };
         let h = std::thread::Builder::new()

@@ -62,6 +62,12 @@ pub fn run(args: &LoadArgs, per_process: usize, source_ips: u32) -> Result<Repor
         if args.echo_on_open {
             cmd.arg("--echo-on-open");
         }
+        if args.deflate {
+            cmd.arg("--deflate");
+        }
+        if args.compressible {
+            cmd.arg("--compressible");
+        }
         let child = cmd
             .stdout(Stdio::piped())
             .stdin(Stdio::null())

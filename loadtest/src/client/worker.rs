@@ -12,7 +12,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::conn::{Change, Conn, Ctx, State};
-use super::payload::Workload;
+use super::payload::{MessageSet, Scratch, Workload};
 use super::socket;
 use crate::cli::LoadArgs;
 use crate::stats::{ErrorKind, Stats};
@@ -36,6 +36,8 @@ pub struct Plan {
     /// so the load starts at the same time on all threads.
     pub barrier: Arc<Barrier>,
     pub progress: Arc<AtomicU64>,
+    /// `--deflate` or `--compressible`: the process's messages.
+    pub set: Option<Arc<MessageSet>>,
 }
 
 /// A timerfd gives the open-loop schedule sub-millisecond wake-ups, which
@@ -142,7 +144,14 @@ impl Opener {
                     token,
                     Interest::READABLE | Interest::WRITABLE,
                 )?;
-                Ok(Conn::new(stream, &args.host, &args.path, args.raw, now))
+                Ok(Conn::new(
+                    stream,
+                    &args.host,
+                    &args.path,
+                    args.raw,
+                    args.deflate,
+                    now,
+                ))
             });
             match conn {
                 Ok(c) => {
@@ -221,7 +230,11 @@ pub fn run(plan: Plan) -> Stats {
     };
     let args = &plan.args;
     let key: [u8; 4] = std::array::from_fn(|_| fastrand::u8(..));
-    let w = Workload::new(args.size, args.binary, args.raw, key);
+    let w = match &plan.set {
+        Some(set) => Workload::with_set(Arc::clone(set), args.binary, key),
+        None => Workload::new(args.size, args.binary, args.raw, key),
+    };
+    let mut scratch = Scratch::new();
     let mut events = Events::with_capacity(1024);
     let mut slots: Vec<Option<Conn>> = Vec::with_capacity(plan.conns.len());
     let mut echoes = 0u64;
@@ -261,6 +274,7 @@ pub fn run(plan: Plan) -> Stats {
                     window: idle,
                     top_up_to: 0,
                     echoes: &mut echoes,
+                    scratch: &mut scratch,
                 };
                 let change = c.on_event(&mut cx);
                 if c.state == State::Done {
@@ -315,6 +329,7 @@ pub fn run(plan: Plan) -> Stats {
                     window,
                     top_up_to,
                     echoes: &mut echoes,
+                    scratch: &mut scratch,
                 };
                 c.send_now(&mut cx);
                 if c.state == State::Done {
@@ -360,6 +375,7 @@ pub fn run(plan: Plan) -> Stats {
                         window,
                         top_up_to,
                         echoes: &mut echoes,
+                        scratch: &mut scratch,
                     };
                     c.queue(&mut cx, due);
                     c.flush(&mut cx);
@@ -394,6 +410,7 @@ pub fn run(plan: Plan) -> Stats {
                 window,
                 top_up_to,
                 echoes: &mut echoes,
+                scratch: &mut scratch,
             };
             // Closed loop: a connection that opens here is topped up at once.
             let change = c.on_event(&mut cx);
@@ -447,6 +464,7 @@ pub fn run(plan: Plan) -> Stats {
                 window,
                 top_up_to: 0,
                 echoes: &mut echoes,
+                scratch: &mut scratch,
             };
             let change = c.on_event(&mut cx);
             if c.state == State::Done {
@@ -466,6 +484,7 @@ pub fn run(plan: Plan) -> Stats {
             window,
             top_up_to: 0,
             echoes: &mut echoes,
+            scratch: &mut scratch,
         };
         c.close(&mut cx);
     }

@@ -1,8 +1,10 @@
 //! Peer echo servers that ringecho is compared against, each on one thread:
-//! `loadtest peer fastwebsockets|tungstenite|raw-uring|raw-ring --listen ADDR:PORT`.
+//! `loadtest peer fastwebsockets|tungstenite|raw-uring|raw-ring|deflate-recompress
+//! --listen ADDR:PORT`.
 //! Each prints `listening on ADDR:PORT` once bound (port 0 picks one) and
 //! stops on SIGTERM/SIGINT.
 
+mod deflate_recompress;
 mod fastws;
 mod raw_ring;
 mod raw_uring;
@@ -12,15 +14,16 @@ use crate::cli::{PeerArgs, PeerKind};
 
 pub fn run(p: PeerArgs) -> Result<(), String> {
     if matches!(p.kind, PeerKind::RawUring | PeerKind::RawRing) && (p.corrupt || p.drop) {
-        return Err(
-            "--corrupt and --drop need a WebSocket peer (fastwebsockets or tungstenite)".into(),
-        );
+        return Err("--corrupt and --drop need a WebSocket peer \
+             (fastwebsockets, tungstenite or deflate-recompress)"
+            .into());
     }
     match p.kind {
         PeerKind::FastWebSockets => fastws::run(&p),
         PeerKind::Tungstenite => tungstenite::run(&p),
         PeerKind::RawUring => raw_uring::run(&p),
         PeerKind::RawRing => raw_ring::run(&p),
+        PeerKind::DeflateRecompress => deflate_recompress::run(&p),
     }
 }
 
