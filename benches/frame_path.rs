@@ -287,8 +287,22 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSoc
 /// at zlib's default level), not a repeated unit that compresses 1:100.
 fn chat_text(size: usize) -> Vec<u8> {
     const WORDS: [&str; 16] = [
-        "ring", "echo", "frame", "mask", "deflate", "héllo", "wörld", "shard", "socket", "buffer",
-        "κόσμε", "latency", "window", "client", "server", "message",
+        "ring",
+        "echo",
+        "frame",
+        "mask",
+        "deflate",
+        "héllo",
+        "wörld",
+        "shard",
+        "socket",
+        "buffer",
+        "κόσμε",
+        "latency",
+        "window",
+        "client",
+        "server",
+        "message",
     ];
     let mut x: u32 = 0x9E37_79B9;
     let mut next = move || {
@@ -349,7 +363,9 @@ fn deflate(c: &mut Criterion) {
             let mut inflater = Inflater::take();
             let mut v = Utf8Validator::new();
             b.iter(|| {
-                inflater.feed(black_box(&z), Some(&mut v), u64::MAX).unwrap();
+                inflater
+                    .feed(black_box(&z), Some(&mut v), u64::MAX)
+                    .unwrap();
                 inflater.finish_message(Some(&mut v), u64::MAX).unwrap();
                 v.finish().unwrap();
                 inflater.reset();

@@ -5,6 +5,7 @@
 //! They live in the library rather than in `fuzz/` so that plain `cargo test`
 //! replays the committed corpus on stable, without cargo-fuzz or nightly.
 
+use super::deflate::{negotiate, Policy};
 use super::frame::{
     encode_client_frame, parse_client_header, server_header_len, FrameHeader, OpCode,
     MAX_CLIENT_HEADER, MAX_CONTROL_PAYLOAD,
@@ -67,7 +68,20 @@ fn respond(result: Result<Parsed<'_>, super::HandshakeError>) {
             let picked = select_subprotocol(&u.protocols, &[chosen.unwrap_or_default()]);
             // The first offered match, which may be an earlier duplicate.
             assert_eq!(picked.is_some(), chosen.is_some());
-            write_switching_protocols(&mut out, u.key, picked, None);
+            // RFC 7692 §7: whatever the offers, an agreement is one the
+            // offers allowed, rendered as a valid extension header.
+            let agreed = negotiate(&u.extensions, Policy::NoContextTakeover);
+            if let Some(a) = &agreed {
+                assert!(a.server_no_context_takeover && a.client_no_context_takeover);
+                assert!(u.extensions.iter().any(|o| o
+                    .to_ascii_lowercase()
+                    .starts_with(crate::deflate::EXTENSION)));
+                for bits in [a.server_max_window_bits, a.client_max_window_bits] {
+                    assert!(bits.is_none_or(|b| (8..=15).contains(&b)));
+                }
+                assert!(a.client_max_window_bits <= a.server_max_window_bits.or(Some(15)));
+            }
+            write_switching_protocols(&mut out, u.key, picked, agreed.as_ref());
             let (status, body) = parse_response(&out);
             assert_eq!(status, 101);
             assert!(body.is_empty());
@@ -199,8 +213,29 @@ pub fn session(data: &[u8]) {
     // Low bits choose the largest read: tiny reads stress headers split
     // byte by byte, large ones whole frames with payload in a later read.
     let max = [1u32, 3, 16, 300][usize::from(seed & 3)];
+    // Bits 2-3: permessage-deflate agreed, with or without the client's
+    // context (RFC 7692), or not.
+    let deflate = match (seed >> 2) & 3 {
+        1 => Some(false),
+        2 => Some(true),
+        _ => None,
+    };
+    let harness = || {
+        let mut h = StreamHarness::new(fuzz_config());
+        if let Some(keep) = deflate {
+            let policy = if keep {
+                Policy::ContextTakeover
+            } else {
+                Policy::NoContextTakeover
+            };
+            if let Some(agreed) = negotiate(&["permessage-deflate"], policy) {
+                h.session.enable_deflate(&agreed);
+            }
+        }
+        h
+    };
     let mut rng = u32::from(seed) << 8 | 0x9E;
-    let mut split = StreamHarness::new(fuzz_config());
+    let mut split = harness();
     let mut rest = stream;
     while !rest.is_empty() {
         rng ^= rng << 13;
@@ -211,11 +246,11 @@ pub fn session(data: &[u8]) {
         let _ = split.feed(piece);
         rest = tail;
     }
-    let mut whole = StreamHarness::new(fuzz_config());
+    let mut whole = harness();
     let _ = whole.feed(stream);
 
-    let split_seen = decode_server(&split.out, split.error);
-    let whole_seen = decode_server(&whole.out, whole.error);
+    let split_seen = decode_server_with(&split.out, split.error, deflate);
+    let whole_seen = decode_server_with(&whole.out, whole.error, deflate);
     match (split.error, whole.error) {
         (None, None) => assert_eq!(split_seen, whole_seen),
         (Some(a), Some(b)) => assert_eq!(error_code(a), error_code(b), "{a:?} vs {b:?}"),
@@ -240,18 +275,19 @@ fn error_code(err: Error) -> u16 {
 /// Decode the server's output as a strict client would: never masked, no
 /// RSV bits, minimal lengths, control frames whole and short, continuations
 /// only inside a message (§5.1, §5.2, §5.4, §5.5).
+#[cfg(test)]
 pub(crate) fn decode_server(bytes: &[u8], error: Option<Error>) -> Vec<Seen> {
-    decode_server_with(bytes, error, false)
+    decode_server_with(bytes, error, None)
 }
 
-/// [`decode_server`], with permessage-deflate agreed when `deflate` is set:
-/// RSV1 only on a data message's first frame (RFC 7692 §6.1), and each
-/// compressed messages inflated as one stream (which is right whether or
-/// not the sender kept context between them).
+/// [`decode_server`], with permessage-deflate agreed when `deflate` is
+/// `Some(keep_context)`: RSV1 only on a data message's first frame (RFC 7692
+/// §6.1), and compressed messages inflated as one stream when the client
+/// keeps context, each on its own when not.
 pub(crate) fn decode_server_with(
     mut bytes: &[u8],
     error: Option<Error>,
-    deflate: bool,
+    deflate: Option<bool>,
 ) -> Vec<Seen> {
     let mut seen = Vec::new();
     let mut open: Option<(OpCode, Vec<u8>)> = None;
@@ -265,7 +301,7 @@ pub(crate) fn decode_server_with(
         };
         assert!(!h.masked, "§5.1: server frames are never masked");
         let op = OpCode::from_u8(h.opcode).expect("known opcode");
-        if deflate && h.rsv == 0x40 {
+        if deflate.is_some() && h.rsv == 0x40 {
             assert!(
                 matches!(op, OpCode::Text | OpCode::Binary),
                 "RFC 7692 §6.1: RSV1 on a message's first frame only"
@@ -323,6 +359,9 @@ pub(crate) fn decode_server_with(
                     .expect("the echo inflates");
                 utf8.finish()
                     .expect("§8.1: echoed text is UTF-8 once inflated");
+                if deflate == Some(false) {
+                    inflater.reset();
+                }
                 Seen::Compressed(op, data)
             } else if op == OpCode::Text {
                 assert!(

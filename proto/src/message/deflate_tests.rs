@@ -37,7 +37,7 @@ fn run_with(mut h: StreamHarness, input: &[u8], piece: usize) -> (Vec<Seen>, Opt
     for p in input.chunks(piece.max(1)) {
         let _ = h.feed(p);
     }
-    (decode_server_with(&h.out, h.error, true), h.error)
+    (decode_server_with(&h.out, h.error, Some(true)), h.error)
 }
 
 /// The last frame that is not part of an echo left open by the failure.
@@ -196,7 +196,7 @@ fn a_zip_bomb_is_refused_with_1009_long_before_its_end() {
         "refused after {fed} of {} bytes",
         input.len()
     );
-    let seen = decode_server_with(&h.out, h.error, true);
+    let seen = decode_server_with(&h.out, h.error, Some(true));
     assert_eq!(last(&seen), Some(&Seen::Close(Some(1009))));
 }
 
@@ -283,7 +283,7 @@ proptest! {
         }
         prop_assert_eq!(h.error, None);
         prop_assert_eq!(
-            decode_server_with(&h.out, None, true),
+            decode_server_with(&h.out, None, Some(true)),
             vec![Seen::Compressed(OpCode::Text, z.clone())]
         );
     }
