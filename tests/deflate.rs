@@ -351,3 +351,85 @@ fn an_idle_connection_holds_no_inflater_and_a_context_keeping_one_is_counted() {
     assert_eq!(t["deflate_inflaters"], 0);
     assert_eq!(t["deflate_agreed"], 2);
 }
+
+/// The independent conformance suite's sections 12 and 13 in miniature:
+/// for each set of offer parameters (its 13.x cases: context takeover or
+/// not, the server's window at 9 or 15 bits, the client's limited or not),
+/// compressible text and binary at every size from 16 B to 128 KiB, some
+/// fragmented. The client's inflater uses exactly the window it was
+/// promised (zlib with `server_max_window_bits`), so an echo that needed a
+/// larger one would fail here.
+const OFFERS_SCRIPT: &str = r#"
+import asyncio, random, sys, websockets
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory as F
+
+OFFERS = [
+    dict(client_max_window_bits=None),
+    dict(client_max_window_bits=True),
+    dict(client_no_context_takeover=True, client_max_window_bits=True),
+    dict(server_no_context_takeover=True, client_max_window_bits=True),
+    dict(server_max_window_bits=9, client_max_window_bits=True),
+    dict(server_max_window_bits=15, client_max_window_bits=True),
+    dict(server_no_context_takeover=True, server_max_window_bits=9, client_max_window_bits=True),
+    dict(server_no_context_takeover=True, server_max_window_bits=15, client_max_window_bits=True),
+    dict(server_max_window_bits=12, client_max_window_bits=10),
+    # No client_max_window_bits: a limit on our window cannot be met.
+    dict(server_max_window_bits=10, client_max_window_bits=None),
+]
+
+async def one(url, params, rnd):
+    words = ["ring", "echo", "frame", "mask", "deflate", "héllo", "wörld", "json", "κόσμε"]
+    async with websockets.connect(url, max_size=None, compression=None, extensions=[F(**params)]) as ws:
+        agreed = ws.response_headers.get("Sec-WebSocket-Extensions")
+        for size in [16, 64, 256, 1024, 4096, 8192, 16384, 32768, 65536, 131072]:
+            for i in range(4):
+                text = " ".join(rnd.choice(words) for _ in range(size // 4))[:size]
+                if i == 3:
+                    chunks = [text[j:j + 1000] for j in range(0, len(text), 1000)]
+                    await ws.send(chunks)
+                else:
+                    await ws.send(text)
+                assert await ws.recv() == text, (params, size, i)
+                data = bytes(rnd.choice(b"\x00\x01\x02abc") for _ in range(size))
+                await ws.send(data)
+                assert await ws.recv() == data, (params, size, i)
+        print(sorted(params.items()), "->", agreed, "->", ws.extensions and ws.extensions[0].name)
+    assert ws.close_code == 1000, ws.close_code
+
+async def main(url):
+    rnd = random.Random(12)
+    for params in OFFERS:
+        await one(url, params, rnd)
+    print("all offers: ok")
+
+asyncio.run(main(sys.argv[1]))
+"#;
+
+#[test]
+fn every_offer_of_the_suites_section_13_gets_verified_echoes_with_and_without_context() {
+    for args in [
+        &["--permessage-deflate"][..],
+        &["--permessage-deflate", "--deflate-context-takeover"],
+    ] {
+        let server = Ringecho::start(args);
+        let lines = python(&server.url(), OFFERS_SCRIPT);
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("all offers: ok"),
+            "{lines:?}"
+        );
+        let declined: Vec<_> = lines.iter().filter(|l| l.contains("-> None")).collect();
+        assert_eq!(declined.len(), 1, "only the unmeetable offer: {lines:?}");
+        assert!(
+            declined[0]
+                .contains("('client_max_window_bits', None), ('server_max_window_bits', 10)]"),
+            "{lines:?}"
+        );
+        let t = server.wait_stats(Duration::from_secs(5), |t| t["active"] == 0);
+        assert_eq!(t["protocol_errors"], 0, "{args:?}");
+        assert_eq!(t["deflate_agreed"], 9, "{args:?}");
+        for l in &lines {
+            eprintln!("{args:?}: {l}");
+        }
+    }
+}
