@@ -101,7 +101,7 @@ OPTIONS (defaults are safe on the open internet):
                                corrupt data), so a small message that would
                                inflate past the limit is refused at the limit.
                                Costs an inflate pass per compressed message
-                               (CPU) and, while one is arriving, about 56KiB
+                               (CPU) and, while one is arriving, up to 63KiB
                                of inflater per connection; with no context
                                takeover (the default answer) an idle
                                connection holds nothing more. Off by default:
@@ -110,7 +110,7 @@ OPTIONS (defaults are safe on the open internet):
                                their compression context between messages
                                (better ratios for small similar messages);
                                each connection that sends a compressed
-                               message then keeps its inflater (about 56KiB)
+                               message then keeps its inflater (up to 63KiB)
                                until it closes [default: no context takeover]
     --subprotocol NAME         A subprotocol the server may select (repeatable);
                                the first one the client offers that is listed is

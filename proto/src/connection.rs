@@ -644,7 +644,9 @@ impl Connection {
                 self.events |= EV_UPGRADED;
                 self.state = State::Open;
                 // Frames the client pipelined behind its handshake.
-                if !self.rb.unprocessed().is_empty() {
+                if self.rb.unprocessed().is_empty() {
+                    self.rb.release_drained();
+                } else {
                     self.process(now);
                 }
             }

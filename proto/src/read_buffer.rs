@@ -119,6 +119,16 @@ impl ReadBuffer {
         self.held = None;
     }
 
+    /// Free the buffer once all of it has been processed and nothing
+    /// points into it: the request after an upgrade, which a client may
+    /// have made as large as the header limit, is not kept while the
+    /// connection waits for its first frame.
+    pub fn release_drained(&mut self) {
+        if self.buf.is_empty() && self.held.is_none() && self.queued.is_empty() {
+            self.retire();
+        }
+    }
+
     /// Bytes of input copied from one allocation to the next so far.
     pub fn carried(&self) -> u64 {
         self.carried

@@ -483,3 +483,28 @@ fn views_cut_back_to_back_from_one_shared_buffer_are_echoed_in_place() {
     shared.clear();
     assert!(shared.try_reclaim(64 * 1024));
 }
+
+/// The request is parsed and answered: its bytes are not kept while the
+/// connection waits for its first frame, however large the header block
+/// was (up to --max-header-bytes, a client's choice).
+#[test]
+fn an_upgraded_connection_keeps_no_copy_of_its_request() {
+    let now = Instant::now();
+    let mut pool = Pool::new(16 * 1024);
+    let padding = format!("X-Padding: {}\r\n\r\n", "p".repeat(6000));
+    let request = String::from_utf8(REQUEST.to_vec())
+        .unwrap()
+        .replace("\r\n\r\n", &format!("\r\n{padding}"));
+    let mut conn = Connection::new(Arc::new(Config::default()), now);
+    let buf = pool.receive(request.as_bytes());
+    conn.handle_received(buf, ADOPT_HEADROOM, now);
+    assert_eq!(conn.poll_event(), Some(Event::Upgraded));
+    assert_eq!(conn.read_buffer_bytes(), 0);
+    // The same through the engine's own read buffers.
+    let mut conn = Connection::new(Arc::new(Config::default()), now);
+    let mut buf = conn.read_buffer();
+    buf.extend_from_slice(request.as_bytes());
+    conn.handle_read(buf, request.len(), now);
+    assert_eq!(conn.poll_event(), Some(Event::Upgraded));
+    assert_eq!(conn.read_buffer_bytes(), 0);
+}
