@@ -31,6 +31,7 @@
 //! one is refused as soon as it passes the limit, not after), and corrupt
 //! DEFLATE data.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use flate2::{Decompress, FlushDecompress, Status};
@@ -104,7 +105,11 @@ impl Agreement {
                 out.extend_from_slice(b"; ");
                 out.extend_from_slice(name.as_bytes());
                 out.push(b'=');
-                out.extend_from_slice(bits.to_string().as_bytes());
+                // 8 to 15 (§7.1.2): one or two digits.
+                if bits >= 10 {
+                    out.push(b'1');
+                }
+                out.push(b'0' + bits % 10);
             }
         }
     }
@@ -174,20 +179,20 @@ fn parse_offer(offer: &str) -> Option<Offer> {
             Some((k, v)) => (k.trim_matches([' ', '\t']), Some(unquote(v)?)),
             None => (part, None),
         };
-        let key = key.to_ascii_lowercase();
-        let fresh = match (key.as_str(), value) {
-            ("server_no_context_takeover", None) => {
+        let is = |name: &str| key.eq_ignore_ascii_case(name);
+        let fresh = match value {
+            None if is("server_no_context_takeover") => {
                 !std::mem::replace(&mut o.server_no_context_takeover, true)
             }
-            ("client_no_context_takeover", None) => {
+            None if is("client_no_context_takeover") => {
                 !std::mem::replace(&mut o.client_no_context_takeover, true)
             }
             // §7.1.2.1: a value is required.
-            ("server_max_window_bits", Some(v)) => {
+            Some(v) if is("server_max_window_bits") => {
                 o.server_max_window_bits.replace(window_bits(&v)?).is_none()
             }
             // §7.1.2.2: the value is optional.
-            ("client_max_window_bits", v) => {
+            v if is("client_max_window_bits") => {
                 let bits = match v {
                     Some(v) => Some(window_bits(&v)?),
                     None => None,
@@ -214,20 +219,24 @@ fn window_bits(v: &str) -> Option<u8> {
 }
 
 /// A parameter value: a token, or a quoted-string whose unescaped content
-/// must itself be a token (RFC 6455 §9.1).
-fn unquote(v: &str) -> Option<String> {
+/// must itself be a token (RFC 6455 §9.1). Borrowed unless it had escapes.
+fn unquote(v: &str) -> Option<Cow<'_, str>> {
     let v = v.trim_matches([' ', '\t']);
     let inner = match v.strip_prefix('"') {
         Some(rest) => {
             let rest = rest.strip_suffix('"')?;
-            let mut out = String::with_capacity(rest.len());
-            let mut chars = rest.chars();
-            while let Some(c) = chars.next() {
-                out.push(if c == '\\' { chars.next()? } else { c });
+            if rest.contains('\\') {
+                let mut out = String::with_capacity(rest.len());
+                let mut chars = rest.chars();
+                while let Some(c) = chars.next() {
+                    out.push(if c == '\\' { chars.next()? } else { c });
+                }
+                Cow::Owned(out)
+            } else {
+                Cow::Borrowed(rest)
             }
-            out
         }
-        None => v.to_owned(),
+        None => Cow::Borrowed(v),
     };
     (!inner.is_empty() && inner.bytes().all(is_tchar)).then_some(inner)
 }
