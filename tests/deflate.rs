@@ -290,7 +290,7 @@ fn corrupt_data_and_invalid_utf8_inside_compressed_text_close_with_1007() {
 }
 
 #[test]
-fn rsv1_on_a_continuation_or_a_ping_closes_with_1002_section_6_1() {
+fn rsv1_on_a_continuation_or_a_ping_closes_with_1002_section_6() {
     let server = Ringecho::start(&["--permessage-deflate"]);
     let (mut s, _) = raw(&server, "permessage-deflate");
     s.write_all(&[frame(0x01, b"a"), frame(0xC0, b"b")].concat())

@@ -168,7 +168,9 @@ fn accept(o: &Offer, policy: Policy) -> Option<Agreement> {
 /// (an unknown parameter, a parameter given twice, a bad value), which the
 /// server must decline.
 fn parse_offer(offer: &str) -> Option<Offer> {
-    let mut parts = split_params(offer);
+    // Empty parts are kept: an empty parameter is not a token, so the
+    // offer fails.
+    let mut parts = crate::handshake::split_unquoted(offer, ';');
     let name = parts.next()?;
     if !name.eq_ignore_ascii_case(EXTENSION) {
         return None;
@@ -244,27 +246,6 @@ fn unquote(v: &str) -> Option<Cow<'_, str>> {
 /// RFC 7230 §3.2.6 tchar.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Split an offer at semicolons outside quoted-strings, trimmed, empty
-/// parts kept (an empty parameter is not a token, so the offer fails).
-fn split_params(offer: &str) -> impl Iterator<Item = &str> {
-    let mut in_quotes = false;
-    let mut escaped = false;
-    offer
-        .split(move |c: char| {
-            if escaped {
-                escaped = false;
-            } else if in_quotes && c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_quotes = !in_quotes;
-            } else if c == ';' && !in_quotes {
-                return true;
-            }
-            false
-        })
-        .map(|p| p.trim_matches([' ', '\t']))
 }
 
 /// Streaming inflation of one connection's compressed messages, for

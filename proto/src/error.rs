@@ -113,7 +113,7 @@ pub enum Error {
     /// limit to the endpoint).
     MessageTooBig,
     /// RSV1, the compressed-message bit, on a control frame or a
-    /// continuation frame (RFC 7692 §6.1).
+    /// continuation frame (RFC 7692 §6).
     MisplacedCompressedBit,
     /// A compressed message whose payload is not valid DEFLATE data
     /// (RFC 7692 §7.2.2, RFC 1951).

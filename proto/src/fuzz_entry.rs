@@ -282,7 +282,7 @@ pub(crate) fn decode_server(bytes: &[u8], error: Option<Error>) -> Vec<Seen> {
 
 /// [`decode_server`], with permessage-deflate agreed when `deflate` is
 /// `Some(keep_context)`: RSV1 only on a data message's first frame (RFC 7692
-/// §6.1), and compressed messages inflated as one stream when the client
+/// §6), and compressed messages inflated as one stream when the client
 /// keeps context, each on its own when not.
 pub(crate) fn decode_server_with(
     mut bytes: &[u8],
@@ -304,7 +304,7 @@ pub(crate) fn decode_server_with(
         if deflate.is_some() && h.rsv == 0x40 {
             assert!(
                 matches!(op, OpCode::Text | OpCode::Binary),
-                "RFC 7692 §6.1: RSV1 on a message's first frame only"
+                "RFC 7692 §6: RSV1 on a message's first frame only"
             );
             compressed = true;
         } else {

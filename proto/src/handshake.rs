@@ -316,6 +316,13 @@ fn trim_str(s: &str) -> &str {
 /// Split an RFC 7230 §7 list, dropping empty elements. Commas inside a
 /// quoted-string (possible in extension parameters, §9.1) do not split.
 fn split_list(v: &str) -> impl Iterator<Item = &str> {
+    split_unquoted(v, ',').filter(|s| !s.is_empty())
+}
+
+/// Split at `delim` where it stands outside a quoted-string (RFC 7230
+/// §3.2.6, with its backslash escapes), each part trimmed of spaces and
+/// tabs.
+pub(crate) fn split_unquoted(v: &str, delim: char) -> impl Iterator<Item = &str> {
     let mut in_quotes = false;
     let mut escaped = false;
     v.split(move |c: char| {
@@ -325,13 +332,12 @@ fn split_list(v: &str) -> impl Iterator<Item = &str> {
             escaped = true;
         } else if c == '"' {
             in_quotes = !in_quotes;
-        } else if c == ',' && !in_quotes {
+        } else if c == delim && !in_quotes {
             return true;
         }
         false
     })
     .map(trim_str)
-    .filter(|s| !s.is_empty())
 }
 
 /// `Sec-WebSocket-Accept` for a client key: base64(SHA-1(key + GUID))

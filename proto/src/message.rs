@@ -307,7 +307,7 @@ impl Session {
                     return need_more(pos);
                 };
                 let rsv1 = h.rsv & RSV1 != 0;
-                // RFC 7692 §6.1: RSV1 belongs on a data message's first
+                // RFC 7692 §6: RSV1 belongs on a data message's first
                 // frame only.
                 if rsv1 && (h.opcode.is_control() || matches!(h.opcode, OpCode::Continuation)) {
                     return Err(Error::MisplacedCompressedBit);
@@ -433,7 +433,7 @@ impl Session {
         }
         let chunk = buf.get_mut(start..end).unwrap_or_default();
         match (kind, &mut self.inflater) {
-            // RFC 7692 §6.1, §7.2.2: what is checked of a compressed
+            // RFC 7692 §6.2, §7.2.2: what is checked of a compressed
             // message is its decompressed data; the payload itself goes
             // back untouched.
             (_, Some(inflater)) if self.compressed => {
@@ -497,7 +497,7 @@ impl Session {
         Ok(Step { next: end, event })
     }
 
-    /// RFC 7692 §6.1: the echo of a compressed message is compressed, so
+    /// RFC 7692 §6: the echo of a compressed message is compressed, so
     /// its first frame carries RSV1; no other frame does.
     fn echo_rsv(&self, opcode: OpCode) -> u8 {
         if self.compressed && !matches!(opcode, OpCode::Continuation) {

@@ -14,9 +14,9 @@ use ringecho_proto::frame::{
 };
 use ringecho_proto::mask::apply_mask;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-use super::{announce, corrupt, current_thread_runtime, stop_signal, Act, Sabotage};
+use super::{corrupt, serve_on_one_thread, Act, Sabotage};
 use crate::cli::PeerArgs;
 use crate::deflate::{self, FrameError, InflateError, Message, Reassembler, RSV1};
 
@@ -59,28 +59,7 @@ thread_local! {
 }
 
 pub fn run(p: &PeerArgs) -> Result<(), String> {
-    let rt = current_thread_runtime()?;
-    let sabotage = Sabotage::new(p);
-    rt.block_on(async move {
-        let listener = TcpListener::bind(p.listen)
-            .await
-            .map_err(|e| format!("bind {}: {e}", p.listen))?;
-        announce(listener.local_addr().map_err(|e| e.to_string())?);
-        let stop = stop_signal();
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                acc = listener.accept() => {
-                    // Accept errors (EMFILE and the like) are transient for a
-                    // benchmark peer; the client counts what they cost.
-                    if let Ok((s, _)) = acc {
-                        tokio::spawn(serve(s, sabotage));
-                    }
-                }
-                _ = &mut stop => return Ok(()),
-            }
-        }
-    })
+    serve_on_one_thread(p, serve)
 }
 
 /// Read the upgrade request and answer 101, accepting permessage-deflate

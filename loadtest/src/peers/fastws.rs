@@ -4,34 +4,15 @@
 
 use fastwebsockets::{FragmentCollector, OpCode, Role, WebSocket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-use super::{announce, corrupt, current_thread_runtime, stop_signal, Act, Sabotage};
+use super::{corrupt, serve_on_one_thread, Act, Sabotage};
 use crate::cli::PeerArgs;
 
 const MAX_REQUEST: usize = 16 * 1024;
 
 pub fn run(p: &PeerArgs) -> Result<(), String> {
-    let rt = current_thread_runtime()?;
-    let sabotage = Sabotage::new(p);
-    rt.block_on(async move {
-        let listener = TcpListener::bind(p.listen)
-            .await
-            .map_err(|e| format!("bind {}: {e}", p.listen))?;
-        announce(listener.local_addr().map_err(|e| e.to_string())?);
-        let stop = stop_signal();
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                acc = listener.accept() => {
-                    if let Ok((s, _)) = acc {
-                        tokio::spawn(echo(s, sabotage));
-                    }
-                }
-                _ = &mut stop => return Ok(()),
-            }
-        }
-    })
+    serve_on_one_thread(p, echo)
 }
 
 /// Read the upgrade request and answer 101. Bytes after the request would be

@@ -93,6 +93,37 @@ async fn stop_signal() {
     }
 }
 
+/// Accept on `p.listen` on one thread until SIGTERM or SIGINT, each
+/// connection served by its own task: the shape every WebSocket peer shares.
+fn serve_on_one_thread<F, Fut>(p: &PeerArgs, serve: F) -> Result<(), String>
+where
+    F: Fn(tokio::net::TcpStream, Sabotage) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let rt = current_thread_runtime()?;
+    let sabotage = Sabotage::new(p);
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(p.listen)
+            .await
+            .map_err(|e| format!("bind {}: {e}", p.listen))?;
+        announce(listener.local_addr().map_err(|e| e.to_string())?);
+        let stop = stop_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                acc = listener.accept() => {
+                    // Accept errors (EMFILE and the like) are transient for a
+                    // benchmark peer; the client counts what they cost.
+                    if let Ok((s, _)) = acc {
+                        tokio::spawn(serve(s, sabotage));
+                    }
+                }
+                _ = &mut stop => return Ok(()),
+            }
+        }
+    })
+}
+
 fn announce(addr: std::net::SocketAddr) {
     use std::io::Write as _;
     println!("listening on {addr}");

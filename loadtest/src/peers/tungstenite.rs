@@ -1,35 +1,14 @@
 //! tokio-tungstenite echo on a current_thread runtime.
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{announce, corrupt, current_thread_runtime, stop_signal, Act, Sabotage};
+use super::{corrupt, serve_on_one_thread, Act, Sabotage};
 use crate::cli::PeerArgs;
 
 pub fn run(p: &PeerArgs) -> Result<(), String> {
-    let rt = current_thread_runtime()?;
-    let sabotage = Sabotage::new(p);
-    rt.block_on(async move {
-        let listener = TcpListener::bind(p.listen)
-            .await
-            .map_err(|e| format!("bind {}: {e}", p.listen))?;
-        announce(listener.local_addr().map_err(|e| e.to_string())?);
-        let stop = stop_signal();
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                acc = listener.accept() => {
-                    // Accept errors (EMFILE and the like) are transient for a
-                    // benchmark peer; the client counts what they cost.
-                    if let Ok((s, _)) = acc {
-                        tokio::spawn(echo(s, sabotage));
-                    }
-                }
-                _ = &mut stop => return Ok(()),
-            }
-        }
-    })
+    serve_on_one_thread(p, echo)
 }
 
 async fn echo(s: TcpStream, mut sabotage: Sabotage) {

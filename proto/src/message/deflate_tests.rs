@@ -81,7 +81,7 @@ fn a_compressed_message_is_echoed_as_it_came_with_rsv1_section_6() {
 }
 
 #[test]
-fn a_fragmented_compressed_message_keeps_rsv1_on_its_first_frame_only_section_6_1() {
+fn a_fragmented_compressed_message_keeps_rsv1_on_its_first_frame_only_section_6() {
     let data = text(3000);
     let z = compress_once(&data);
     let (a, b) = z.split_at(z.len() / 3);
@@ -125,7 +125,7 @@ fn uncompressed_messages_still_echo_without_rsv1_beside_compressed_ones() {
 }
 
 #[test]
-fn rsv1_on_a_continuation_or_control_frame_is_a_protocol_error_section_6_1() {
+fn rsv1_on_a_continuation_or_control_frame_is_a_protocol_error_section_6() {
     let z = compress_once(b"abc");
     let cases = [
         [
