@@ -29,6 +29,7 @@ use crate::message::{self, Session};
 use crate::out_queue::{CloseOrder, OutQueue};
 pub use crate::read_buffer::ADOPT_HEADROOM;
 use crate::read_buffer::{Flow, ReadBuffer, ReadSizing};
+use crate::tls::{Fed, Tls};
 use crate::HandshakeError;
 
 /// Everything that bounds what a client can make one connection do.
@@ -106,6 +107,9 @@ pub enum Event {
     CloseSent(u16),
     /// The peer's close frame carried this code (1005 for none, §7.1.5).
     CloseReceived(u16),
+    /// The peer broke TLS (garbage instead of a ClientHello, a failed
+    /// handshake, a bad record): the alert is sent and the connection ends.
+    TlsFailed,
 }
 
 /// Which deadline cut a connection.
@@ -141,14 +145,15 @@ enum State {
     Done,
 }
 
-const EV_UPGRADED: u8 = 1;
-const EV_HTTP: u8 = 2;
-const EV_REJECTED: u8 = 4;
-const EV_PROTOCOL: u8 = 8;
-const EV_IDLE: u8 = 16;
-const EV_TIMED_OUT: u8 = 32;
-const EV_CLOSE_SENT: u8 = 64;
-const EV_CLOSE_RECEIVED: u8 = 128;
+const EV_UPGRADED: u16 = 1;
+const EV_HTTP: u16 = 2;
+const EV_REJECTED: u16 = 4;
+const EV_PROTOCOL: u16 = 8;
+const EV_IDLE: u16 = 16;
+const EV_TIMED_OUT: u16 = 32;
+const EV_CLOSE_SENT: u16 = 64;
+const EV_CLOSE_RECEIVED: u16 = 128;
+const EV_TLS_FAILED: u16 = 256;
 
 /// Reads a closing connection may discard before it is closed anyway.
 const MAX_LINGER_READS: u8 = 64;
@@ -172,10 +177,12 @@ pub struct Connection {
     /// When the connection's ending was decided: the close timer's start.
     closing_since: Option<Instant>,
     linger_reads: u8,
-    /// Boxed: a plain request is rare and the engine's size is most of an
-    /// idle connection's memory.
-    http: Option<Box<HttpRequest>>,
-    events: u8,
+    /// What few connections have (a plain request waiting for its answer,
+    /// a proxy's report of the client), boxed together: the engine's size
+    /// is most of an idle connection's memory, and one pointer costs 8
+    /// bytes of it.
+    rare: Option<Box<Rare>>,
+    events: u16,
     rejected_status: u16,
     failed_code: u16,
     timed_out: Deadline,
@@ -185,11 +192,16 @@ pub struct Connection {
     stalls: u64,
     /// Bytes read and written over the connection's life.
     bytes: (u64, u64),
-    /// The client address a proxy reported in the handshake, if any.
-    /// A boxed `String` is a thin pointer: 8 bytes here where a `String`
-    /// or a `Box<str>` would take 24 or 16 of every connection's engine.
-    #[allow(clippy::box_collection)]
-    forwarded_for: Option<Box<String>>,
+    /// wss://: the TLS session every byte in and out passes through.
+    tls: Option<Box<Tls>>,
+}
+
+/// See [`Connection`]'s `rare`.
+#[derive(Debug, Default)]
+struct Rare {
+    http: Option<HttpRequest>,
+    /// The client address a proxy reported in the handshake.
+    forwarded_for: Option<String>,
 }
 
 /// A connection's life in figures, for a log line when it ends.
@@ -229,7 +241,6 @@ impl Connection {
             ping_at: None,
             closing_since: None,
             linger_reads: 0,
-            http: None,
             events: 0,
             rejected_status: 0,
             failed_code: 0,
@@ -237,8 +248,28 @@ impl Connection {
             closes_reported: (false, false),
             stalls: 0,
             bytes: (0, 0),
-            forwarded_for: None,
+            rare: None,
+            tls: None,
         }
+    }
+
+    /// A wss:// connection accepted at `now`: everything it reads and
+    /// writes is TLS under `tls` (rustls fails only for a configuration
+    /// it cannot use).
+    pub fn with_tls(
+        cfg: Arc<Config>,
+        tls: Arc<rustls::ServerConfig>,
+        now: Instant,
+    ) -> Result<Connection, rustls::Error> {
+        let mut conn = Connection::new(cfg, now);
+        conn.tls = Some(Box::new(Tls::new(tls)?));
+        Ok(conn)
+    }
+
+    /// Whether this connection speaks TLS, and whether its handshake is
+    /// done: `None` for a plain one.
+    pub fn tls_handshaking(&self) -> Option<bool> {
+        self.tls.as_ref().map(|t| t.is_handshaking())
     }
 
     /// True while the engine wants a read in flight.
@@ -251,7 +282,7 @@ impl Connection {
             // frame's own rest can always arrive.
             State::Open | State::ServerClosing => {
                 !self.backlog
-                    && (self.out.cost() < self.cfg.max_output_bytes || !self.out.has_pending())
+                    && (self.output_cost() < self.cfg.max_output_bytes || !self.output_pending())
             }
             State::Failed => self.out.close_written(),
             State::PeerClosed | State::Gone | State::Done => false,
@@ -261,6 +292,12 @@ impl Connection {
     /// The buffer for the next read: read into its spare capacity and hand
     /// it back with [`Connection::handle_read`].
     pub fn read_buffer(&mut self) -> BytesMut {
+        if let Some(tls) = &self.tls {
+            // Ciphertext, decrypted into the engine's own buffer as it
+            // arrives; nothing is kept between reads, so an idle
+            // connection holds only what a shell's read in flight holds.
+            return BytesMut::with_capacity(tls.read_size(self.cfg.read_sizing));
+        }
         match self.state {
             State::Handshake => {
                 // Room to see the limit crossed, so an oversize block gets 431.
@@ -278,6 +315,12 @@ impl Connection {
     /// A read into `buf` completed with `n` bytes; 0 is the end of the peer's
     /// stream (or a read error: either way nothing more will come).
     pub fn handle_read(&mut self, buf: BytesMut, n: usize, now: Instant) {
+        if self.tls.is_some() {
+            if let Some(tls) = &mut self.tls {
+                tls.sized_read(buf.capacity(), n, self.cfg.read_sizing);
+            }
+            return self.handle_ciphertext(buf.get(..n).unwrap_or_default(), now);
+        }
         self.bytes.0 += n as u64;
         self.rb.restore(buf, n);
         if n == 0 {
@@ -319,6 +362,11 @@ impl Connection {
             self.rb.discard(buf);
             return;
         }
+        if self.tls.is_some() {
+            self.handle_ciphertext(buf.get(data_at..).unwrap_or_default(), now);
+            self.rb.discard(buf);
+            return;
+        }
         self.bytes.0 += (buf.len() - data_at) as u64;
         self.last_read = now;
         self.ping_at = None;
@@ -339,6 +387,52 @@ impl Connection {
             _ => {
                 self.rb.discard(buf);
                 self.count_linger_read();
+            }
+        }
+        self.settle();
+    }
+
+    /// Ciphertext arrived (empty: the end of the stream): decrypt it into
+    /// the read buffer and go on as a plain connection does with what it
+    /// read.
+    fn handle_ciphertext(&mut self, data: &[u8], now: Instant) {
+        self.bytes.0 += data.len() as u64;
+        if data.is_empty() {
+            self.peer_gone(now);
+            return self.settle();
+        }
+        self.last_read = now;
+        self.ping_at = None;
+        let fed = match &mut self.tls {
+            Some(tls) => {
+                let (rb, out) = (&mut self.rb, &mut self.out);
+                let session = matches!(self.state, State::Open | State::ServerClosing)
+                    .then_some(&self.session);
+                tls.feed(data, |plain| rb.append(plain, session, out))
+            }
+            None => Fed::Ok,
+        };
+        match self.state {
+            State::Handshake if !self.rb.unprocessed().is_empty() => self.handshake(now),
+            State::Handshake => {}
+            State::Open | State::ServerClosing => {
+                if !self.backlog {
+                    self.process(now);
+                }
+            }
+            _ => {
+                self.rb.consume(usize::MAX);
+                self.count_linger_read();
+            }
+        }
+        match fed {
+            Fed::Ok => {}
+            Fed::Closed => self.peer_gone(now),
+            Fed::Failed => {
+                // rustls has queued its alert: send it, then close.
+                self.events |= EV_TLS_FAILED;
+                self.backlog = false;
+                self.begin_ending(State::Gone, now);
             }
         }
         self.settle();
@@ -391,7 +485,33 @@ impl Connection {
     /// is nothing). Write them in order and report with
     /// [`Connection::handle_written`].
     pub fn poll_transmit(&mut self, batch: &mut Vec<Bytes>, max: usize) {
-        self.out.fill_batch(batch, max);
+        let Some(tls) = &mut self.tls else {
+            return self.out.fill_batch(batch, max);
+        };
+        // Encrypt what the queue would send next, in its order, whole
+        // entries only, while rustls has room.
+        let room = tls.room();
+        if room > 0 && self.out.has_pending() {
+            let mut plain = Vec::new();
+            self.out.fill_batch(&mut plain, max.max(1));
+            let mut taken = 0;
+            for b in &plain {
+                if taken >= room {
+                    break;
+                }
+                let n = tls.encrypt(b);
+                taken += n;
+                if n < b.len() {
+                    break;
+                }
+            }
+            drop(plain);
+            self.out.advance(taken);
+        }
+        let ciphertext = tls.transmit();
+        if !ciphertext.is_empty() {
+            batch.push(ciphertext);
+        }
     }
 
     /// `n` bytes of the last batch were written; 0 means the peer is gone.
@@ -401,8 +521,11 @@ impl Connection {
             return;
         }
         self.bytes.1 += n as u64;
-        self.out.advance(n);
-        if self.backlog && self.out.cost() < self.cfg.max_output_bytes {
+        match &mut self.tls {
+            Some(tls) => tls.written(n),
+            None => self.out.advance(n),
+        }
+        if self.backlog && self.output_cost() < self.cfg.max_output_bytes {
             self.process(now);
         }
         self.settle();
@@ -486,7 +609,7 @@ impl Connection {
 
     /// A plain HTTP request waiting for the shell's answer.
     pub fn take_http_request(&mut self) -> Option<HttpRequest> {
-        self.http.take().map(|b| *b)
+        self.rare.as_mut().and_then(|r| r.http.take())
     }
 
     /// Send `response` to a plain HTTP request, then close.
@@ -520,7 +643,8 @@ impl Connection {
             EV_IDLE => Event::IdleClosed,
             EV_TIMED_OUT => Event::TimedOut(self.timed_out),
             EV_CLOSE_SENT => Event::CloseSent(sent.unwrap_or_default()),
-            _ => Event::CloseReceived(received.unwrap_or_default()),
+            EV_CLOSE_RECEIVED => Event::CloseReceived(received.unwrap_or_default()),
+            _ => Event::TlsFailed,
         })
     }
 
@@ -536,7 +660,11 @@ impl Connection {
             messages: self.session.messages_echoed(),
             close_sent,
             close_received,
-            forwarded_for: self.forwarded_for.as_deref().map(|f| f.as_str().into()),
+            forwarded_for: self
+                .rare
+                .as_ref()
+                .and_then(|r| r.forwarded_for.as_deref())
+                .map(Into::into),
         }
     }
 
@@ -580,9 +708,18 @@ impl Connection {
         self.session.holds_inflater()
     }
 
-    /// Unsent output cost, for tests and memory accounting.
+    /// Unsent output cost, for tests and memory accounting: the queue,
+    /// and with TLS the ciphertext not yet written.
     pub fn output_cost(&self) -> usize {
-        self.out.cost()
+        self.out.cost() + self.tls.as_ref().map_or(0, |t| t.pending())
+    }
+
+    fn http_waiting(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.http.is_some())
+    }
+
+    fn output_pending(&self) -> bool {
+        self.out.has_pending() || self.tls.as_ref().is_some_and(|t| t.pending() > 0)
     }
 
     fn handshake(&mut self, now: Instant) {
@@ -596,10 +733,10 @@ impl Connection {
                 request: Request::Plain(req),
                 ..
             }) => {
-                self.http = Some(Box::new(HttpRequest {
+                self.rare.get_or_insert_default().http = Some(HttpRequest {
                     method: req.method.to_owned(),
                     path: req.path.to_owned(),
-                }));
+                });
                 self.events |= EV_HTTP;
                 None
             }
@@ -614,7 +751,9 @@ impl Connection {
                 request: Request::Upgrade(req),
                 consumed,
             }) => {
-                self.forwarded_for = req.forwarded_for.map(|f| Box::new(f.to_owned()));
+                if let Some(f) = req.forwarded_for {
+                    self.rare.get_or_insert_default().forwarded_for = Some(f.to_owned());
+                }
                 let protocol =
                     handshake::select_subprotocol(&req.protocols, &self.cfg.subprotocols);
                 // RFC 7692 §5: agree on permessage-deflate, or decline it.
@@ -718,12 +857,18 @@ impl Connection {
 
     /// Transitions that wait for the output to drain.
     fn settle(&mut self) {
-        if self.out.has_pending() {
+        if self.output_pending() {
             return;
         }
         match self.state {
+            // RFC 8446 §6.1: our side of a TLS session ends with
+            // close_notify, written before the socket is shut or closed.
+            State::PeerClosed if self.tls.as_mut().is_some_and(|t| t.close_notify()) => {}
             State::PeerClosed | State::Gone => self.state = State::Done,
-            State::Failed | State::Responding if !self.half_closed && self.http.is_none() => {
+            State::Failed | State::Responding if !self.half_closed && !self.http_waiting() => {
+                if self.tls.as_mut().is_some_and(|t| t.close_notify()) {
+                    return;
+                }
                 self.half_closed = true;
                 self.shutdown_write = true;
             }

@@ -18,6 +18,7 @@ pub mod out_queue;
 pub mod read_buffer;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod tls;
 pub mod utf8;
 
 pub use connection::{Connection, Deadline, Event, HttpRequest, Summary};

@@ -180,6 +180,14 @@ impl ReadBuffer {
         buf
     }
 
+    /// Append bytes that did not come from a read into this buffer (the
+    /// plaintext of a TLS record), with the same room rules as a read.
+    pub fn append(&mut self, data: &[u8], session: Option<&Session>, out: &mut OutQueue) {
+        let mut buf = self.take_for_read(session, out, data.len());
+        buf.extend_from_slice(data);
+        self.restore(buf, data.len());
+    }
+
     /// Take the buffer back unchanged: the read found nothing to read (a
     /// non-blocking shell's would-block).
     pub fn put_back(&mut self, buf: BytesMut) {
