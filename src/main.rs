@@ -92,6 +92,18 @@ OPTIONS (defaults are safe on the open internet):
                                ones are streamed as fragments. A connection
                                holds at most about --max-output plus twice
                                this [default: 64KiB]
+    --tls-cert PATH            wss://: the certificate (PEM; the chain may follow
+                               the leaf). With --tls-key, the listener speaks
+                               TLS 1.2 and 1.3 only (rustls; ALPN http/1.1)
+                               and the test page is served over https://.
+                               SIGHUP reads both files again: new connections
+                               get the new certificate, open ones keep theirs,
+                               and a bad file leaves the old one in use
+    --tls-key PATH             The certificate's private key (PEM, PKCS #8,
+                               RSA or EC; not encrypted)
+    --tls-listen ADDR:PORT     With --tls-cert/--tls-key: keep --listen plain
+                               and add a TLS listener here, served by shards
+                               of its own (--threads more threads)
     --permessage-deflate       Agree to permessage-deflate (RFC 7692), which
                                every browser offers. Compressed messages are
                                echoed as they came, never recompressed; the
@@ -159,9 +171,10 @@ OPTIONS (defaults are safe on the open internet):
 SIZE takes an optional suffix: K/KiB, M/MiB, G/GiB (powers of 1024).
 DUR takes ms, s or m (plain numbers are seconds).
 
-Extensions such as permessage-deflate are declined. On SIGINT or SIGTERM the
-server stops accepting, sends close 1001 to every connection, waits up to the
-drain timeout and exits 0; a second signal exits at once.
+Extensions are declined unless --permessage-deflate is given. On SIGINT or
+SIGTERM the server stops accepting, sends close 1001 to every connection,
+waits up to the drain timeout and exits 0; a second signal exits at once.
+SIGHUP reloads the TLS certificate and key.
 ";
 
 fn main() -> ExitCode {
@@ -220,12 +233,32 @@ fn main() -> ExitCode {
     // Up to four descriptors per shard (the listener and a duplicate of it,
     // a ring or epoll instance, an eventfd) plus stdio.
     let capacity = fd_limit.saturating_sub(4 * server.shards() as u64 + 16);
+    let (scheme, page) = match (&config.tls, config.tls_listen) {
+        (Some(_), None) => ("wss", "https"),
+        _ => ("ws", "http"),
+    };
     tracing::info!(
-        "ringecho listening on ws://{addr}/ with {} on {}",
+        "ringecho listening on {scheme}://{addr}/ with {} on {}",
         plural(server.shards() as u64, "shard"),
         server.io().name()
     );
-    tracing::info!("test page: http://{page_host}/   health: http://{page_host}/healthz");
+    if let Some(tls_addr) = server.tls_local_addr() {
+        tracing::info!("ringecho listening on wss://{tls_addr}/ too");
+    }
+    tracing::info!("test page: {page}://{page_host}/   health: {page}://{page_host}/healthz");
+    if let Some(slot) = &config.tls {
+        // The session keys stay in user space: rustls encrypts on every
+        // shard. Say so, and whether this kernel could have taken them.
+        let kernel = match server::tls::kernel_tls() {
+            Ok(()) => "the kernel has the tls module, but this build does not hand it keys".into(),
+            Err(why) => why,
+        };
+        tracing::info!(
+            cert = %slot.cert.display(),
+            shards = server.shards(),
+            "TLS in user space (rustls) on every shard: {kernel}"
+        );
+    }
     if let Some(listener) = metrics {
         let at = listener
             .local_addr()
@@ -266,6 +299,18 @@ fn main() -> ExitCode {
             break;
         }
         match wait_signal(&signals, Duration::from_millis(200)) {
+            Some(libc::SIGHUP) => match &config.tls {
+                Some(slot) => match slot.reload() {
+                    Ok(()) => tracing::info!(
+                        cert = %slot.cert.display(),
+                        "SIGHUP: certificate reloaded; new connections use it"
+                    ),
+                    Err(e) => {
+                        tracing::error!("SIGHUP: {e}; still using the certificate loaded before")
+                    }
+                },
+                None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            },
             Some(sig) if stopping => {
                 tracing::warn!("signal {sig} again, exiting now");
                 // The shell's convention for death by a signal: 130 for
@@ -323,6 +368,7 @@ fn stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }
@@ -350,20 +396,20 @@ fn plural(n: u64, noun: &str) -> String {
 
 /// An address to listen on: ADDR:PORT, or HOST:PORT resolved (the first
 /// address the resolver gives, so `localhost:9001` is 127.0.0.1:9001).
-fn listen_addr(v: &str) -> Result<std::net::SocketAddr, String> {
+fn listen_addr(flag: &str, v: &str) -> Result<std::net::SocketAddr, String> {
     use std::net::ToSocketAddrs;
     if let Ok(addr) = v.parse() {
         return Ok(addr);
     }
     let bad = || {
-        format!("--listen: '{v}' is not ADDR:PORT or HOST:PORT (e.g. 127.0.0.1:9001, [::]:9001, localhost:9001)")
+        format!("{flag}: '{v}' is not ADDR:PORT or HOST:PORT (e.g. 127.0.0.1:9001, [::]:9001, localhost:9001)")
     };
     if !v.contains(':') {
         return Err(bad());
     }
     match v.to_socket_addrs() {
         Ok(mut addrs) => addrs.next().ok_or_else(bad),
-        Err(e) => Err(format!("--listen: cannot resolve '{v}': {e}")),
+        Err(e) => Err(format!("{flag}: cannot resolve '{v}': {e}")),
     }
 }
 
@@ -372,6 +418,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
     let mut c = Config::default();
     let mut subprotocols = Vec::new();
     let mut deflate_context = false;
+    let (mut tls_cert, mut tls_key) = (None, None);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
@@ -397,7 +444,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             }
             "--listen" => {
                 let v = value("--listen")?;
-                c.listen = listen_addr(&v)?;
+                c.listen = listen_addr("--listen", &v)?;
             }
             "--log-format" => {
                 c.log_json = match value("--log-format")?.as_str() {
@@ -417,8 +464,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
             }
             "--metrics-listen" => {
                 let v = value("--metrics-listen")?;
-                c.metrics_listen =
-                    Some(listen_addr(&v).map_err(|e| e.replace("--listen", "--metrics-listen"))?);
+                c.metrics_listen = Some(listen_addr("--metrics-listen", &v)?);
             }
             "--threads" => c.threads = count("--threads", &value("--threads")?, 1, 1024)?,
             "--pin" => c.pin = true,
@@ -475,6 +521,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
                 subprotocols.push(v);
             }
             "--allowed-origin" => c.engine.allowed_origins.push(value("--allowed-origin")?),
+            "--tls-cert" => tls_cert = Some(std::path::PathBuf::from(value("--tls-cert")?)),
+            "--tls-key" => tls_key = Some(std::path::PathBuf::from(value("--tls-key")?)),
+            "--tls-listen" => {
+                let v = value("--tls-listen")?;
+                c.tls_listen = Some(listen_addr("--tls-listen", &v)?);
+            }
             "--permessage-deflate" => {
                 if c.engine.deflate == Policy::Off {
                     c.engine.deflate = Policy::NoContextTakeover;
@@ -517,6 +569,19 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
         }
     }
     c.engine.subprotocols = subprotocols;
+    match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => {
+            c.tls = Some(std::sync::Arc::new(server::tls::TlsSlot::load(
+                &cert, &key,
+            )?));
+        }
+        (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
+        (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+        (None, None) if c.tls_listen.is_some() => {
+            return Err("--tls-listen needs --tls-cert and --tls-key".into())
+        }
+        (None, None) => {}
+    }
     if deflate_context {
         if c.engine.deflate == Policy::Off {
             return Err("--deflate-context-takeover needs --permessage-deflate".into());

@@ -488,6 +488,7 @@ impl Connection {
         let Some(tls) = &mut self.tls else {
             return self.out.fill_batch(batch, max);
         };
+        batch.clear();
         // Encrypt what the queue would send next, in its order, whole
         // entries only, while rustls has room.
         let room = tls.room();

@@ -22,7 +22,6 @@ use super::context::{signal, ConnCtl, ShardCtx};
 use super::http;
 use super::socket::send_now;
 use super::stats::Seen;
-use crate::protocol::connection::Connection;
 
 /// Slices per `writev`: well under IOV_MAX (1024), enough to batch the
 /// echoes of every frame in a 64 KiB read of small messages.
@@ -39,7 +38,7 @@ enum Wake {
 
 /// Serve one accepted connection to the end.
 pub(crate) async fn serve(stream: TcpStream, ctx: &ShardCtx, ctl: &ConnCtl) {
-    let mut conn = Connection::new(ctx.engine.clone(), ctx.now());
+    let mut conn = super::open_connection(&ctx.cfg, &ctx.engine, ctx.now());
     // Grows to what the connection's traffic needs and is then reused.
     let mut spare_batch: Vec<Bytes> = Vec::new();
     let mut seen = Seen::default();

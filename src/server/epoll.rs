@@ -218,7 +218,7 @@ impl Shard {
         let peer = super::log::peer_if_logged(&stream);
         self.conns[slot] = Some(Conn {
             stream,
-            conn: Connection::new(self.engine.clone(), now),
+            conn: super::open_connection(&self.cfg, &self.engine, now),
             batch: Vec::new(),
             seen: Seen::default(),
             peer,

@@ -13,6 +13,7 @@ mod ring;
 mod shard;
 mod socket;
 pub mod stats;
+pub mod tls;
 pub mod uring;
 
 use std::io;
@@ -66,6 +67,11 @@ pub struct Config {
     pub recv_multishot: bool,
     /// Which I/O shell moves the bytes.
     pub io: Io,
+    /// wss://: the certificate (reloaded on SIGHUP). Without `tls_listen`
+    /// the listener speaks TLS only.
+    pub tls: Option<Arc<tls::TlsSlot>>,
+    /// A TLS listener beside the plain one, with shards of its own.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// The I/O shells; every one drives the same connection engine.
@@ -128,6 +134,8 @@ impl Default for Config {
             recv_buffer: 16 << 10,
             recv_multishot: true,
             io: Io::Auto,
+            tls: None,
+            tls_listen: None,
         }
     }
 }
@@ -174,6 +182,7 @@ enum Stopper {
 /// A running server.
 pub struct Server {
     local_addr: SocketAddr,
+    tls_local_addr: Option<SocketAddr>,
     io: Io,
     shutdown: watch::Sender<bool>,
     /// The epoll and ring shards' way to be told to stop.
@@ -209,42 +218,59 @@ impl Server {
         };
         let config = Config { io, ..config };
         let threads = config.threads.max(1);
-        ensure_port_free(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
-        let first =
-            reuseport_listener(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
-        // Port 0 means "any": the other shards join the port the first got.
-        let local_addr = first
-            .local_addr()
-            .map_err(|e| StartError::Bind(config.listen, e))?;
-        let mut listeners = vec![first];
-        for _ in 1..threads {
-            listeners
-                .push(reuseport_listener(local_addr).map_err(|e| StartError::Bind(local_addr, e))?);
+        // Each listening address gets `threads` shards of its own: the
+        // main one (plain, or TLS only when there is a certificate and no
+        // --tls-listen), and the --tls-listen one beside it.
+        let (main_tls, extra) = match config.tls_listen {
+            Some(addr) => (None, Some((addr, config.tls.clone()))),
+            None => (config.tls.clone(), None),
+        };
+        let mut endpoints = Vec::new();
+        for (addr, tls) in std::iter::once((config.listen, main_tls)).chain(extra) {
+            ensure_port_free(addr).map_err(|e| StartError::Bind(addr, e))?;
+            let first = reuseport_listener(addr).map_err(|e| StartError::Bind(addr, e))?;
+            // Port 0 means "any": the other shards join the port the first got.
+            let local = first.local_addr().map_err(|e| StartError::Bind(addr, e))?;
+            let mut listeners = vec![first];
+            for _ in 1..threads {
+                listeners.push(reuseport_listener(local).map_err(|e| StartError::Bind(local, e))?);
+            }
+            let cfg = Arc::new(Config {
+                threads,
+                tls,
+                ..config.clone()
+            });
+            endpoints.push((local, cfg, listeners));
         }
+        let local_addr = endpoints[0].0;
+        let tls_local_addr = endpoints.get(1).map(|e| e.0);
         let cpus = if config.pin {
             allowed_cpus()
         } else {
             Vec::new()
         };
-        let config = Arc::new(Config { threads, ..config });
+        let shards = threads * endpoints.len();
         let (shutdown, rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let stats = Arc::new(AllStats(
-            (0..threads)
+            (0..shards)
                 .map(|_| Arc::new(ShardStats::default()))
                 .collect(),
         ));
         let mut server = Server {
             local_addr,
+            tls_local_addr,
             io,
             shutdown,
             stoppers: Vec::new(),
             threads: Vec::new(),
             stats: stats.clone(),
         };
-        for (id, listener) in listeners.into_iter().enumerate() {
-            let (cfg, rx, ready, stats) =
-                (config.clone(), rx.clone(), ready_tx.clone(), stats.clone());
+        let shard_listeners = endpoints
+            .into_iter()
+            .flat_map(|(_, cfg, listeners)| listeners.into_iter().map(move |l| (cfg.clone(), l)));
+        for (id, (cfg, listener)) in shard_listeners.enumerate() {
+            let (rx, ready, stats) = (rx.clone(), ready_tx.clone(), stats.clone());
             let cpu = cpus.get(id % cpus.len().max(1)).copied();
             let builder = std::thread::Builder::new().name(format!("ringecho-shard-{id}"));
             let pin = move || {
@@ -288,7 +314,7 @@ impl Server {
             server.threads.push(handle.map_err(StartError::Thread)?);
         }
         drop(ready_tx);
-        for _ in 0..threads {
+        for _ in 0..shards {
             match ready_rx.recv() {
                 Ok(Ok(_)) => {}
                 Ok(Err(msg)) => {
@@ -308,6 +334,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The --tls-listen address, when there is one.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local_addr
     }
 
     pub fn shards(&self) -> usize {
@@ -357,6 +388,26 @@ impl Server {
             let _ = t.join();
         }
     }
+}
+
+/// The engine for a connection accepted at `now`: over TLS when the
+/// listener is wss://, with the certificate the slot holds now.
+pub(crate) fn open_connection(
+    cfg: &Config,
+    engine: &Arc<connection::Config>,
+    now: std::time::Instant,
+) -> crate::protocol::Connection {
+    use crate::protocol::Connection;
+    let Some(slot) = &cfg.tls else {
+        return Connection::new(engine.clone(), now);
+    };
+    Connection::with_tls(engine.clone(), slot.current(), now).unwrap_or_else(|_| {
+        // rustls refuses only a configuration it cannot use, which
+        // `TlsSlot::load` rules out; were it to, the connection ends at once.
+        let mut conn = Connection::new(engine.clone(), now);
+        conn.shutdown(now);
+        conn
+    })
 }
 
 /// A listener that shares its address with the other shards' (SO_REUSEPORT):

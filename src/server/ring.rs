@@ -643,7 +643,7 @@ impl Shard {
         self.slots[slot] = Some(Slot {
             peer: super::log::peer_if_logged(&stream),
             stream,
-            conn: Connection::new(self.engine.clone(), now),
+            conn: super::open_connection(&self.cfg, &self.engine, now),
             recv: None,
             recv_multi: false,
             recv_cancelling: false,

@@ -133,6 +133,9 @@ stats! {
     recv_pool_in_use,
     /// Upgrades that agreed to permessage-deflate (--permessage-deflate).
     deflate_agreed,
+    /// wss:// connections that failed TLS (garbage instead of a
+    /// ClientHello, a failed handshake, a bad record).
+    tls_failed,
     /// Connections holding a permessage-deflate inflater now (mid-message,
     /// or for good when the client keeps context), each a fixed
     /// `Inflater::MEMORY` bytes; idle connections without context hold none.
@@ -261,6 +264,7 @@ impl ShardStats {
             }
             Event::CloseSent(code) => codes.close_sent.incr(code),
             Event::CloseReceived(code) => codes.close_received.incr(code),
+            Event::TlsFailed => self.tls_failed.incr(),
         }
     }
 

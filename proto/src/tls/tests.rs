@@ -62,6 +62,7 @@ struct Pair {
     wire: Vec<u8>,
     /// Ciphertext from the client the server has not read yet.
     to_server: Vec<u8>,
+    batch: Vec<bytes::Bytes>,
 }
 
 impl Pair {
@@ -74,6 +75,7 @@ impl Pair {
             got: Vec::new(),
             wire: Vec::new(),
             to_server: Vec::new(),
+            batch: Vec::new(),
         }
     }
 
@@ -94,8 +96,9 @@ impl Pair {
                 self.conn.handle_read(buf, n, self.now);
                 moved = true;
             }
-            // Server to client.
-            let mut batch = Vec::new();
+            // Server to client, through one batch vector reused as the
+            // shells reuse theirs: what is in it from before is not output.
+            let mut batch = std::mem::take(&mut self.batch);
             self.conn.poll_transmit(&mut batch, 64);
             let n: usize = batch.iter().map(|b| b.len()).sum();
             if n > 0 {
@@ -111,6 +114,7 @@ impl Pair {
                 self.conn.handle_written(n, self.now);
                 moved = true;
             }
+            self.batch = batch;
             self.take_plaintext();
             if !moved {
                 return;
