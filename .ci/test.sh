@@ -38,5 +38,5 @@ cargo test --workspace --release
 for io in tokio-uring epoll; do
     echo "== socket suites on --io $io"
     RINGECHO_IO=$io cargo test --release -p ringecho \
-        --test echo --test echo_rules --test hostile --test lifecycle --test browser --test proxy --test metrics --test logs --test deflate
+        --test echo --test echo_rules --test hostile --test lifecycle --test browser --test proxy --test metrics --test logs --test deflate --test tls
 done

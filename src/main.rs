@@ -243,7 +243,7 @@ fn main() -> ExitCode {
         server.io().name()
     );
     if let Some(tls_addr) = server.tls_local_addr() {
-        tracing::info!("ringecho listening on wss://{tls_addr}/ too");
+        tracing::info!("and a TLS listener on wss://{tls_addr}/");
     }
     tracing::info!("test page: {page}://{page_host}/   health: {page}://{page_host}/healthz");
     if let Some(slot) = &config.tls {

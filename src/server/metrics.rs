@@ -111,7 +111,7 @@ fn answer(mut stream: TcpStream, stats: &AllStats) -> io::Result<()> {
 /// Every shard's counters in the OpenMetrics text format, labelled by shard.
 pub fn render(stats: &AllStats) -> String {
     let mut registry = Registry::with_prefix("ringecho");
-    let counters: [Reading; 14] = [
+    let counters: [Reading; 15] = [
         ("connections_accepted", "Connections accepted", |s| {
             s.accepted
         }),
@@ -173,6 +173,11 @@ pub fn render(stats: &AllStats) -> String {
             "deflate_agreed",
             "Upgrades that agreed to permessage-deflate",
             |s| s.deflate_agreed,
+        ),
+        (
+            "tls_failed",
+            "wss:// connections that failed TLS (bad ClientHello, failed handshake, bad record)",
+            |s| s.tls_failed,
         ),
     ];
     let shards: Vec<(Labels, Snapshot, &super::stats::ShardStats)> = stats

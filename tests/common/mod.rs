@@ -104,8 +104,9 @@ impl Ringecho {
                 kept.lock().unwrap().push(line.clone());
                 // Log lines: the message follows a timestamp and a level.
                 let after = |marker: &str| line.find(marker).map(|i| &line[i + marker.len()..]);
-                let found =
-                    after("ringecho listening on ws://").or_else(|| after("metrics on http://"));
+                let found = after("ringecho listening on ws://")
+                    .or_else(|| after("ringecho listening on wss://"))
+                    .or_else(|| after("metrics on http://"));
                 if let Some(rest) = found {
                     let addr = rest.split('/').next().unwrap().to_string();
                     let _ = tx.send(addr);
