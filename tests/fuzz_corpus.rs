@@ -56,3 +56,10 @@ fn connection_corpus_sections_4_5_7() {
     let n = replay("connection", fuzz_entry::connection);
     assert!(n >= 10, "only {n} connection corpus files");
 }
+
+/// wss:// (the engine's TLS layer) corpus.
+#[test]
+fn tls_corpus() {
+    let n = replay("tls", fuzz_entry::tls);
+    assert!(n >= 5, "only {n} tls corpus files");
+}

@@ -387,3 +387,123 @@ pub(crate) fn decode_server_with(
     }
     seen
 }
+
+/// wss:// (the engine's TLS layer, `crate::tls`): `data[0]` picks the read
+/// sizes and whether a genuine ClientHello comes first (so the fuzzer gets
+/// past it), the rest is the client's ciphertext. Nothing may panic,
+/// unsent output stays bounded, and the connection ends by its deadlines.
+pub fn tls(data: &[u8]) {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use crate::connection::{Config as EngineConfig, Connection};
+
+    let Some((&seed, rest)) = data.split_first() else {
+        return;
+    };
+    let cfg = Arc::new(EngineConfig {
+        max_output_bytes: 4096,
+        ..EngineConfig::default()
+    });
+    let now = Instant::now();
+    let Ok(mut conn) = Connection::with_tls(cfg.clone(), fuzz_tls::server_config(), now) else {
+        panic!("the fixture configuration is usable");
+    };
+    let mut input = Vec::new();
+    if seed & 1 == 1 {
+        input.extend(fuzz_tls::client_hello());
+    }
+    input.extend_from_slice(rest);
+    let piece = [1usize, 7, 100, 5000][usize::from(seed >> 1 & 3)];
+    let mut batch = Vec::new();
+    let mut fed = &input[..];
+    for _ in 0..input.len() + 2 {
+        if fed.is_empty() || conn.is_done() || !conn.wants_read() {
+            break;
+        }
+        let mut buf = conn.read_buffer();
+        let n = fed.len().min(piece).min(buf.capacity().max(1));
+        buf.extend_from_slice(&fed[..n]);
+        fed = &fed[n..];
+        conn.handle_read(buf, n, now);
+        conn.poll_transmit(&mut batch, 64);
+        let sent: usize = batch.iter().map(|b| b.len()).sum();
+        if sent > 0 {
+            conn.handle_written(sent, now);
+        }
+        assert!(
+            conn.output_cost() <= cfg.max_output_bytes + crate::tls::MAX_CIPHERTEXT + 64 * 1024,
+            "unsent output grew to {}",
+            conn.output_cost()
+        );
+        while conn.poll_event().is_some() {}
+    }
+    // However it stands, the deadlines end it.
+    let later = now + Duration::from_secs(3600);
+    for _ in 0..4 {
+        conn.handle_timeout(later);
+        conn.poll_transmit(&mut batch, 64);
+        let sent: usize = batch.iter().map(|b| b.len()).sum();
+        if sent > 0 {
+            conn.handle_written(sent, later);
+        }
+        if conn.is_done() {
+            break;
+        }
+    }
+    let _ = conn.poll_timeout();
+}
+
+/// The test certificate (tests/data/tls) and a client's first flight.
+mod fuzz_tls {
+    use std::sync::{Arc, OnceLock};
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+
+    const CERT: &[u8] = include_bytes!("../../tests/data/tls/cert.pem");
+    const KEY: &[u8] = include_bytes!("../../tests/data/tls/key.pem");
+    const CA: &[u8] = include_bytes!("../../tests/data/tls/ca.pem");
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    pub fn server_config() -> Arc<ServerConfig> {
+        static CONFIG: OnceLock<Arc<ServerConfig>> = OnceLock::new();
+        CONFIG
+            .get_or_init(|| {
+                let certs: Vec<_> = CertificateDer::pem_slice_iter(CERT)
+                    .filter_map(Result::ok)
+                    .collect();
+                let key = PrivateKeyDer::from_pem_slice(KEY).expect("fixture key");
+                let mut c = ServerConfig::builder_with_provider(provider())
+                    .with_safe_default_protocol_versions()
+                    .expect("versions")
+                    .with_no_client_auth()
+                    .with_single_cert(certs, key)
+                    .expect("fixture pair");
+                c.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Arc::new(c)
+            })
+            .clone()
+    }
+
+    pub fn client_hello() -> Vec<u8> {
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(CA).filter_map(Result::ok) {
+            let _ = roots.add(c);
+        }
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut conn = ClientConnection::new(Arc::new(config), name).expect("client");
+        let mut hello = Vec::new();
+        let _ = conn.write_tls(&mut hello);
+        hello
+    }
+}
