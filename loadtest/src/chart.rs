@@ -15,9 +15,16 @@ pub struct Bar<'a> {
     pub p99_us: f64,
 }
 
-/// Bars of messages per second, each labelled with its ratio to `base`
-/// when there is one.
-pub fn bars(path: &Path, title: &str, rows: &[Bar<'_>], base: Option<f64>) -> Result<(), String> {
+/// Bars of `unit` (messages or handshakes per second, the value in
+/// `msgs_per_sec`), each labelled with its ratio to `base` when there is
+/// one.
+pub fn bars(
+    path: &Path,
+    title: &str,
+    unit: &str,
+    rows: &[Bar<'_>],
+    base: Option<f64>,
+) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| format!("chart {}: {e}", path.display());
     let n = rows.len().max(1) as f64;
     let top = rows.iter().map(|r| r.msgs_per_sec).fold(1.0f64, f64::max) * 1.3;
@@ -34,8 +41,16 @@ pub fn bars(path: &Path, title: &str, rows: &[Bar<'_>], base: Option<f64>) -> Re
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
-        .y_desc("messages per second")
-        .y_label_formatter(&|v| format!("{:.0}k", v / 1000.0))
+        .y_desc(unit)
+        // Handshake rates can be a few hundred a second; thousands read
+        // best as "k" only from there up.
+        .y_label_formatter(&|v| {
+            if top >= 10_000.0 {
+                format!("{:.0}k", v / 1000.0)
+            } else {
+                format!("{v:.0}")
+            }
+        })
         .draw()
         .map_err(|e| err(&e))?;
     let colours = [RGBColor(200, 60, 40), BLUE, GREEN, RGBColor(120, 120, 120)];

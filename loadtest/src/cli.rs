@@ -9,6 +9,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::tls::{Kx, TlsOptions, Trust};
+
 pub const HELP: &str = "\
 loadtest — load generator and comparison harness for ringecho
 
@@ -20,7 +22,7 @@ USAGE:
                                            KIND: fastwebsockets | tungstenite | raw-uring | raw-ring
                                                  | deflate-recompress
 
-LOAD OPTIONS (URL is ws://IP:PORT/PATH, or tcp://IP:PORT with --raw):
+LOAD OPTIONS (URL is ws://IP:PORT/PATH, wss://IP:PORT/PATH, or tcp://IP:PORT with --raw):
     --connections N        Connections [default: 10]
     --size BYTES           Payload bytes per message [default: 20]
     --duration SECS        Measured window [default: 5]
@@ -62,10 +64,24 @@ LOAD OPTIONS (URL is ws://IP:PORT/PATH, or tcp://IP:PORT with --raw):
                            20 B). The report gives the compression ratio.
     --compressible         Send the messages --deflate sends, uncompressed (the
                            baseline for --deflate)
+    --handshakes           Handshake rate instead of message rate: each of the
+                           --connections slots, over and over, opens a new TCP
+                           connection (wss://: with a full TLS handshake, never
+                           resumed), upgrades it, sends one --size message,
+                           verifies its echo, closes (a close frame with 1000, the
+                           server's close frame with 1000 back, then the server's
+                           TCP close; RFC 6455 §7.1) and starts again. Reports
+                           handshakes/s (completed cycles in the window), failures
+                           by kind, cycle latency percentiles (connect to TCP close)
+                           and, with --server-pid, server CPU µs per handshake. A
+                           cycle gets --connect-timeout to complete. Closed loop
+                           only: not with --rate, --in-flight, --echo-on-open, --raw
+                           or --connect-rate.
     --json                 Print one JSON object on stdout instead of the text report
-    --server-pid PID       Sample this process's CPU time over the measured window,
-                           and its RSS before the run and under load (RSS per
-                           connection in the report)
+    --server-pid PID[,PID...]
+                           Sample the CPU time of these processes (summed) over the
+                           measured window, and their RSS before the run and under
+                           load (RSS per connection in the report)
     --server-stats ADDR    The target is ringecho with --metrics-listen ADDR: with
                            --server-pid, also read its /stats there for the
                            connections open per shard
@@ -75,6 +91,26 @@ LOAD OPTIONS (URL is ws://IP:PORT/PATH, or tcp://IP:PORT with --raw):
 
     The report gives the time from the first connect until the last connection
     opened (open_secs) and how many never opened (connections_failed).
+
+TLS OPTIONS (wss:// only; rustls with the ring provider, TLS 1.3 and 1.2, ALPN
+http/1.1, no session resumption: every connection makes a full handshake):
+    --ca PEM_FILE          Trust the certificates in this file: the CA that signed
+                           the server's certificate, or the server's (self-signed)
+                           certificate itself, which is then trusted as presented
+                           (its name and dates are still checked)
+    --insecure             Accept any certificate: issuer, name and dates are not
+                           checked. The handshake signature is still verified, so
+                           the server must hold the certificate's private key.
+                           wss:// needs --ca or --insecure.
+    --tls-server-name NAME SNI and the name the certificate must be valid for
+                           [default: localhost]; an IP address sends no SNI
+    --tls-kx GROUP         Key exchange: x25519 (rustls's default order: X25519,
+                           then P-256 and P-384) or p256 (secp256r1 only)
+                           [default: x25519]
+
+    The report gives the negotiated version (tls: TLS1.3), cipher suite, key
+    exchange group and ALPN protocol. A failed TLS handshake counts as
+    tls_failed and the first one is explained on stderr and in tls_error.
 
 COMPARE OPTIONS:
     --ringecho PATH        ringecho binary (build it with cargo build --release)
@@ -99,9 +135,34 @@ COMPARE OPTIONS:
                            echo, and ringecho --permessage-deflate's ratio to the
                            recompressing peer follows it
                            [defaults: --servers ringecho,deflate-recompress, --size 1024]
+    --tls                  TLS: two rows instead of --servers. `ringecho wss` is
+                           ringecho --threads 1 with --tls-cert/--tls-key, serving TLS
+                           itself; `nginx TLS → ringecho ws` is nginx (one worker,
+                           TLS 1.3 only, the same certificate, ALPN http/1.1, the
+                           WebSocket location block of docs/deployment.md)
+                           proxying to a plain ringecho --threads 1. nginx's master
+                           and worker and both ringechos are pinned to
+                           --server-cpus; server CPU is summed over the row's
+                           processes (nginx master + worker + ringecho). The client
+                           speaks wss:// with --insecure (handshake signatures
+                           checked, the certificate chain not: what is compared is
+                           the servers' work) and no session resumption. nginx runs
+                           from a temporary directory (its own pid, log and temp
+                           paths), so it needs no root. The table gives msgs/s,
+                           p50/p99, server CPU % and server CPU µs per echo, the TLS
+                           version, suite and group, and ringecho wss's ratio to
+                           nginx. Each server keeps its own session-ticket default.
+    --tls-cert PEM         Certificate chain for both servers (with --tls)
+    --tls-key PEM          Its private key (with --tls)
+    --handshakes           With --tls: handshake rate (loadtest --handshakes) instead
+                           of message rate: handshakes/s, cycle p50/p99 and server
+                           CPU µs per handshake, same two rows
+    --tls-kx GROUP         With --tls: x25519 or p256, as for loadtest [default: x25519]
+    --nginx PATH           With --tls: the nginx binary [default: nginx]
     --out DIR              Where NAME.md and NAME.svg go [default: a new
                            directory ./loadtest-compare-TIME, printed]
-    --name NAME            [default: c{connections}-s{size}]
+    --name NAME            [default: c{connections}-s{size}; with --tls
+                           tls-c{connections}-s{size}, or tls-handshakes-c{connections}]
 
 SOAK OPTIONS (loadtest soak --ringecho PATH): well-behaved open-loop clients
 alone (the baseline), then beside hostile clients; checks that they lose
@@ -182,7 +243,8 @@ pub struct LoadArgs {
     /// Send `deflate`'s messages uncompressed.
     pub compressible: bool,
     pub json: bool,
-    pub server_pid: Option<u32>,
+    /// Server processes whose CPU time and RSS are sampled, summed.
+    pub server_pids: Vec<u32>,
     /// The target is ringecho, whose metrics listener is here: read its
     /// `/stats` for per-shard counts.
     pub server_stats: Option<SocketAddr>,
@@ -194,6 +256,10 @@ pub struct LoadArgs {
     /// Hidden: global index of this process's first connection, so source
     /// addresses stay spread across the children of a split run.
     pub conn_offset: usize,
+    /// wss://: how to speak TLS.
+    pub tls: Option<TlsOptions>,
+    /// Connect, upgrade, one echo, close, again: the handshake rate.
+    pub handshakes: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +283,20 @@ pub struct CompareArgs {
     pub deflate: bool,
     pub out: PathBuf,
     pub name: Option<String>,
+    /// `--tls`: ringecho's own TLS against nginx terminating TLS.
+    pub tls: Option<CompareTls>,
+    /// With `--tls`: handshake rate instead of message rate.
+    pub handshakes: bool,
+}
+
+/// `compare --tls`.
+#[derive(Debug, Clone)]
+pub struct CompareTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The nginx binary.
+    pub nginx: PathBuf,
+    pub kx: Kx,
 }
 
 #[derive(Debug, Clone)]
@@ -354,14 +434,20 @@ fn parse_load(args: &[String]) -> Result<LoadArgs, String> {
         deflate: false,
         compressible: false,
         json: false,
-        server_pid: None,
+        server_pids: Vec::new(),
         server_stats: None,
         drain: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(15),
         child: false,
         conn_offset: 0,
+        tls: None,
+        handshakes: false,
     };
     let mut url = None;
+    let mut ca: Option<PathBuf> = None;
+    let mut insecure = false;
+    let mut server_name: Option<String> = None;
+    let mut kx: Option<Kx> = None;
     let mut f = Flags { args, at: 0 };
     while let Some(flag) = f.next_flag() {
         match flag {
@@ -400,7 +486,17 @@ fn parse_load(args: &[String]) -> Result<LoadArgs, String> {
             "--deflate" => a.deflate = true,
             "--compressible" => a.compressible = true,
             "--json" => a.json = true,
-            "--server-pid" => a.server_pid = Some(f.num(flag)?),
+            "--server-pid" => a.server_pids = parse_pids(f.value(flag)?)?,
+            "--ca" => ca = Some(PathBuf::from(f.value(flag)?)),
+            "--insecure" => insecure = true,
+            "--tls-server-name" => server_name = Some(f.value(flag)?.into()),
+            "--tls-kx" => {
+                let v = f.value(flag)?;
+                kx = Some(
+                    Kx::parse(v).ok_or_else(|| format!("--tls-kx: {v:?} is not x25519 or p256"))?,
+                );
+            }
+            "--handshakes" => a.handshakes = true,
             "--server-stats" => {
                 let v = f.value(flag)?;
                 a.server_stats = Some(v.parse().map_err(|_| {
@@ -421,11 +517,31 @@ fn parse_load(args: &[String]) -> Result<LoadArgs, String> {
         }
     }
     let url = url.ok_or("missing URL (e.g. ws://127.0.0.1:9001/)")?;
-    let (addr, host, path) = parse_url(&url)?;
+    let (scheme, addr, host, path) = parse_url(&url)?;
     a.url = url;
     a.addr = addr;
     a.host = host;
     a.path = path;
+    a.tls = tls_options(scheme, ca, insecure, server_name, kx)?;
+    if a.tls.is_some() && a.raw {
+        return Err("--raw speaks raw TCP (tcp://); drop it for wss://".into());
+    }
+    if a.handshakes {
+        // One message per cycle on a fresh connection; the other load
+        // shapes describe many messages on connections that stay open.
+        let clash = [
+            (a.rate.is_some(), "--rate"),
+            (a.in_flight > 1, "--in-flight"),
+            (a.echo_on_open, "--echo-on-open"),
+            (a.raw, "--raw"),
+            (a.connect_rate.is_some(), "--connect-rate"),
+        ];
+        if let Some((_, flag)) = clash.iter().find(|(on, _)| *on) {
+            return Err(format!(
+                "--handshakes cycles one message per connection as fast as it can; drop {flag}"
+            ));
+        }
+    }
     if a.connections == 0 {
         return Err("--connections must be at least 1".into());
     }
@@ -459,13 +575,79 @@ fn parse_load(args: &[String]) -> Result<LoadArgs, String> {
     Ok(a)
 }
 
-/// `ws://IP:PORT/PATH` or `tcp://IP:PORT`. Only what a loopback benchmark
-/// needs; no TLS, no DNS beyond what `ToSocketAddrs` does for `localhost`.
-fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| format!("{url}: only ws:// and tcp:// URLs are supported"))?;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Ws,
+    Wss,
+    Tcp,
+}
+
+/// The TLS options of a wss:// URL; the TLS flags make sense for nothing
+/// else.
+fn tls_options(
+    scheme: Scheme,
+    ca: Option<PathBuf>,
+    insecure: bool,
+    server_name: Option<String>,
+    kx: Option<Kx>,
+) -> Result<Option<TlsOptions>, String> {
+    if scheme != Scheme::Wss {
+        let given = [
+            (ca.is_some(), "--ca"),
+            (insecure, "--insecure"),
+            (server_name.is_some(), "--tls-server-name"),
+            (kx.is_some(), "--tls-kx"),
+        ];
+        return match given.iter().find(|(on, _)| *on) {
+            Some((_, flag)) => Err(format!("{flag} is for wss:// URLs")),
+            None => Ok(None),
+        };
+    }
+    let trust = match (ca, insecure) {
+        (Some(path), false) => Trust::Ca(path),
+        (None, true) => Trust::Insecure,
+        (Some(_), true) => return Err("give --ca or --insecure, not both".into()),
+        (None, false) => {
+            return Err(
+                "wss:// needs to know whom to trust: --ca PEM_FILE (the CA that \
+                 signed the server's certificate, or that certificate itself) or \
+                 --insecure (accept any certificate)"
+                    .into(),
+            )
+        }
+    };
+    Ok(Some(TlsOptions {
+        trust,
+        server_name: server_name.unwrap_or_else(|| "localhost".into()),
+        kx: kx.unwrap_or(Kx::Default),
+    }))
+}
+
+/// `PID` or `PID,PID,...`.
+fn parse_pids(v: &str) -> Result<Vec<u32>, String> {
+    let pids = v
+        .split(',')
+        .map(|p| p.trim().parse::<u32>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| format!("--server-pid: {v:?} is not PID[,PID...]"))?;
+    if pids.is_empty() || pids.contains(&0) {
+        return Err(format!("--server-pid: {v:?} is not PID[,PID...]"));
+    }
+    Ok(pids)
+}
+
+/// `ws://IP:PORT/PATH`, `wss://IP:PORT/PATH` or `tcp://IP:PORT`. Only what
+/// a loopback benchmark needs; no DNS beyond what `ToSocketAddrs` does for
+/// `localhost`.
+fn parse_url(url: &str) -> Result<(Scheme, SocketAddr, String, String), String> {
+    let (scheme, rest) = [
+        ("ws://", Scheme::Ws),
+        ("wss://", Scheme::Wss),
+        ("tcp://", Scheme::Tcp),
+    ]
+    .into_iter()
+    .find_map(|(prefix, scheme)| url.strip_prefix(prefix).map(|r| (scheme, r)))
+    .ok_or_else(|| format!("{url}: only ws://, wss:// and tcp:// URLs are supported"))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -475,14 +657,16 @@ fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
     }) {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        // RFC 6455 §3: 80 for ws, 443 for wss.
+        let port = if scheme == Scheme::Wss { 443 } else { 80 };
+        format!("{authority}:{port}")
     };
     let addr = with_port
         .to_socket_addrs()
         .map_err(|e| format!("{url}: {e}"))?
         .next()
         .ok_or_else(|| format!("{url}: no address"))?;
-    Ok((addr, authority.to_string(), path.to_string()))
+    Ok((scheme, addr, authority.to_string(), path.to_string()))
 }
 
 /// `1`, `0-3,8` → CPU numbers, in the order given.
@@ -533,10 +717,17 @@ fn parse_compare(args: &[String]) -> Result<CompareArgs, String> {
         deflate: false,
         out: fresh_dir("compare"),
         name: None,
+        tls: None,
+        handshakes: false,
     };
     let mut have_ringecho = false;
     let mut have_servers = false;
     let mut have_size = false;
+    let mut tls = false;
+    let mut cert = None;
+    let mut key = None;
+    let mut nginx = None;
+    let mut kx = None;
     let mut f = Flags { args, at: 0 };
     while let Some(flag) = f.next_flag() {
         match flag {
@@ -578,8 +769,54 @@ fn parse_compare(args: &[String]) -> Result<CompareArgs, String> {
             "--deflate" => c.deflate = true,
             "--out" => c.out = PathBuf::from(f.value(flag)?),
             "--name" => c.name = Some(f.value(flag)?.into()),
+            "--tls" => tls = true,
+            "--tls-cert" => cert = Some(PathBuf::from(f.value(flag)?)),
+            "--tls-key" => key = Some(PathBuf::from(f.value(flag)?)),
+            "--nginx" => nginx = Some(PathBuf::from(f.value(flag)?)),
+            "--tls-kx" => {
+                let v = f.value(flag)?;
+                kx = Some(
+                    Kx::parse(v).ok_or_else(|| format!("--tls-kx: {v:?} is not x25519 or p256"))?,
+                );
+            }
+            "--handshakes" => c.handshakes = true,
             "-h" | "--help" => return Err(String::new()),
             s => return Err(format!("compare: unexpected argument {s}")),
+        }
+    }
+    if tls {
+        let clash = [
+            (have_servers, "--servers"),
+            (c.deflate, "--deflate"),
+            (c.ringecho_baseline.is_some(), "--ringecho-baseline"),
+        ];
+        if let Some((_, flag)) = clash.iter().find(|(on, _)| *on) {
+            return Err(format!("--tls compares its own two servers; drop {flag}"));
+        }
+        if !have_ringecho {
+            return Err(
+                "compare --tls needs --ringecho PATH (e.g. target/release/ringecho)".into(),
+            );
+        }
+        let (Some(cert), Some(key)) = (cert, key) else {
+            return Err("compare --tls needs --tls-cert PEM and --tls-key PEM".into());
+        };
+        c.tls = Some(CompareTls {
+            cert,
+            key,
+            nginx: nginx.unwrap_or_else(|| PathBuf::from("nginx")),
+            kx: kx.unwrap_or(Kx::Default),
+        });
+    } else {
+        let given = [
+            (cert.is_some(), "--tls-cert"),
+            (key.is_some(), "--tls-key"),
+            (nginx.is_some(), "--nginx"),
+            (kx.is_some(), "--tls-kx"),
+            (c.handshakes, "--handshakes"),
+        ];
+        if let Some((_, flag)) = given.iter().find(|(on, _)| *on) {
+            return Err(format!("compare: {flag} goes with --tls"));
         }
     }
     if c.deflate {
@@ -802,6 +1039,50 @@ mod tests {
     }
 
     #[test]
+    fn compare_tls_flags() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let base = [
+            "--ringecho",
+            "r",
+            "--tls",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ];
+        let c = parse_compare(&args(&base)).unwrap();
+        let tls = c.tls.expect("--tls");
+        assert_eq!(tls.cert, PathBuf::from("c.pem"));
+        assert_eq!(tls.key, PathBuf::from("k.pem"));
+        assert_eq!(tls.nginx, PathBuf::from("nginx"));
+        assert_eq!(tls.kx, Kx::Default);
+        assert!(!c.handshakes);
+        let c = parse_compare(&args(
+            &[
+                &base[..],
+                &["--handshakes", "--tls-kx", "p256", "--nginx", "/n"],
+            ]
+            .concat(),
+        ))
+        .unwrap();
+        assert!(c.handshakes);
+        assert_eq!(c.tls.as_ref().unwrap().kx, Kx::P256);
+        assert_eq!(c.tls.unwrap().nginx, PathBuf::from("/n"));
+        for bad in [
+            &["--ringecho", "r", "--tls"][..],
+            &["--ringecho", "r", "--tls", "--tls-cert", "c"],
+            &["--tls", "--tls-cert", "c", "--tls-key", "k"],
+            &["--ringecho", "r", "--handshakes"],
+            &["--ringecho", "r", "--tls-cert", "c"],
+            &[&base[..], &["--deflate"]].concat(),
+            &[&base[..], &["--servers", "ringecho"]].concat(),
+            &[&base[..], &["--ringecho-baseline", "b"]].concat(),
+        ] {
+            assert!(parse_compare(&args(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn cpu_lists() {
         assert_eq!(parse_cpu_list("1").unwrap(), vec![1]);
         assert_eq!(parse_cpu_list("0-3,8").unwrap(), vec![0, 1, 2, 3, 8]);
@@ -811,13 +1092,100 @@ mod tests {
 
     #[test]
     fn urls() {
-        let (a, h, p) = parse_url("ws://127.0.0.1:9001/").unwrap();
+        let (s, a, h, p) = parse_url("ws://127.0.0.1:9001/").unwrap();
+        assert_eq!(s, Scheme::Ws);
         assert_eq!(a, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(h, "127.0.0.1:9001");
         assert_eq!(p, "/");
-        let (a, _, p) = parse_url("ws://127.0.0.1:9/x/y").unwrap();
+        let (_, a, _, p) = parse_url("ws://127.0.0.1:9/x/y").unwrap();
         assert_eq!(a.port(), 9);
         assert_eq!(p, "/x/y");
         assert!(parse_url("http://127.0.0.1/").is_err());
+        let (s, a, h, _) = parse_url("wss://127.0.0.1/").unwrap();
+        assert_eq!((s, a.port(), h.as_str()), (Scheme::Wss, 443, "127.0.0.1"));
+        let (s, a, ..) = parse_url("ws://127.0.0.1").unwrap();
+        assert_eq!((s, a.port()), (Scheme::Ws, 80));
+        let (s, a, ..) = parse_url("wss://127.0.0.1:8443/echo").unwrap();
+        assert_eq!((s, a.port()), (Scheme::Wss, 8443));
+    }
+
+    fn load(v: &[&str]) -> Result<LoadArgs, String> {
+        parse_load(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn wss_needs_a_trust_decision_and_takes_its_flags() {
+        let e = load(&["wss://127.0.0.1:1/"]).unwrap_err();
+        assert!(
+            e.contains("--ca PEM_FILE") && e.contains("--insecure"),
+            "{e}"
+        );
+        let a = load(&["wss://127.0.0.1:1/", "--insecure"]).unwrap();
+        let tls = a.tls.expect("wss:// has TLS options");
+        assert_eq!(tls.trust, Trust::Insecure);
+        assert_eq!(tls.server_name, "localhost");
+        assert_eq!(tls.kx, Kx::Default);
+        let a = load(&[
+            "wss://127.0.0.1:1/",
+            "--ca",
+            "ca.pem",
+            "--tls-server-name",
+            "echo.test",
+            "--tls-kx",
+            "p256",
+        ])
+        .unwrap();
+        let tls = a.tls.unwrap();
+        assert_eq!(tls.trust, Trust::Ca(PathBuf::from("ca.pem")));
+        assert_eq!(tls.server_name, "echo.test");
+        assert_eq!(tls.kx, Kx::P256);
+        assert!(load(&["ws://127.0.0.1:1/"]).unwrap().tls.is_none());
+        for bad in [
+            &["wss://127.0.0.1:1/", "--ca", "c", "--insecure"][..],
+            &["wss://127.0.0.1:1/", "--insecure", "--tls-kx", "x448"],
+            &["wss://127.0.0.1:1/", "--insecure", "--raw"],
+            &["ws://127.0.0.1:1/", "--insecure"],
+            &["ws://127.0.0.1:1/", "--ca", "c"],
+            &["ws://127.0.0.1:1/", "--tls-server-name", "x"],
+            &["ws://127.0.0.1:1/", "--tls-kx", "p256"],
+        ] {
+            assert!(load(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn handshakes_is_its_own_closed_loop() {
+        let a = load(&["wss://127.0.0.1:1/", "--insecure", "--handshakes"]).unwrap();
+        assert!(a.handshakes);
+        assert!(
+            load(&["ws://127.0.0.1:1/", "--handshakes"])
+                .unwrap()
+                .handshakes
+        );
+        for clash in [
+            &["--rate", "100"][..],
+            &["--in-flight", "2"],
+            &["--echo-on-open"],
+            &["--raw"],
+            &["--connect-rate", "10"],
+        ] {
+            let args = [&["ws://127.0.0.1:1/", "--handshakes"][..], clash].concat();
+            let e = load(&args).unwrap_err();
+            assert!(e.contains(clash[0]), "{clash:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn server_pids() {
+        let a = load(&["ws://127.0.0.1:1/", "--server-pid", "12,34"]).unwrap();
+        assert_eq!(a.server_pids, [12, 34]);
+        let a = load(&["ws://127.0.0.1:1/", "--server-pid", "7"]).unwrap();
+        assert_eq!(a.server_pids, [7]);
+        for bad in ["", "1,", "x", "0"] {
+            assert!(
+                load(&["ws://127.0.0.1:1/", "--server-pid", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

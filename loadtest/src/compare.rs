@@ -194,7 +194,7 @@ struct Row {
 }
 
 /// "CPU 0" or "CPUs 0-3" for a CPU list as given on the command line.
-fn cpu_label(list: &str) -> String {
+pub(crate) fn cpu_label(list: &str) -> String {
     if list.contains([',', '-']) {
         format!("CPUs {list}")
     } else {
@@ -202,7 +202,7 @@ fn cpu_label(list: &str) -> String {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -243,6 +243,9 @@ fn row(server: &str, reports: &[Report]) -> Row {
 }
 
 pub fn run(args: CompareArgs) -> Result<(), String> {
+    if args.tls.is_some() {
+        return crate::compare_tls::run(args);
+    }
     let server_cpus = parse_cpu_list(&args.server_cpus)?;
     let client_cpus = parse_cpu_list(&args.client_cpus)?;
     let name = args
@@ -346,7 +349,13 @@ pub fn run(args: CompareArgs) -> Result<(), String> {
             p99_us: r.p99_us,
         })
         .collect();
-    crate::chart::bars(Path::new(&svg_path), &title, &bars, base)?;
+    crate::chart::bars(
+        Path::new(&svg_path),
+        &title,
+        "messages per second",
+        &bars,
+        base,
+    )?;
     eprintln!(
         "compare: wrote {} and {}",
         md_path.display(),

@@ -6,14 +6,17 @@ mod chart;
 mod cli;
 mod client;
 mod compare;
+mod compare_tls;
 mod cpu_time;
 mod deflate;
+mod nginx;
 mod peers;
 mod process;
 mod report;
 mod server_watch;
 mod soak;
 mod stats;
+mod tls;
 
 use std::process::ExitCode;
 

@@ -55,10 +55,13 @@ pub fn spawn_pinned(mut cmd: Command, cpus: &[usize]) -> Result<Child, String> {
     .map_err(|_| "spawning thread panicked".to_string())?
 }
 
-/// The address from a `... listening on [ws://]ADDR[/...]` line.
+/// The address from a `... listening on [ws://|wss://]ADDR[/...]` line.
 pub fn listening_addr(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    let rest = rest.strip_prefix("ws://").unwrap_or(rest);
+    let rest = ["ws://", "wss://", "http://", "https://"]
+        .iter()
+        .find_map(|p| rest.strip_prefix(p))
+        .unwrap_or(rest);
     let end = rest.find(['/', ' ']).unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
@@ -124,15 +127,32 @@ fn start(name: &str, mut cmd: Command, cpus: &[usize], metrics: bool) -> Result<
 /// per CPU of `cpus`, each pinned, sampling the server's CPU; `workload`
 /// holds the flags that say what to send.
 pub fn load_args(server: &Server, cpus: &[usize], workload: &[(&str, String)]) -> Vec<String> {
+    load_args_to(
+        &format!("ws://{}/", server.addr),
+        &[server.pid()],
+        cpus,
+        workload,
+    )
+}
+
+/// [`load_args`] for any URL, sampling the CPU of every process in
+/// `server_pids` (a server made of several, summed).
+pub fn load_args_to(
+    url: &str,
+    server_pids: &[u32],
+    cpus: &[usize],
+    workload: &[(&str, String)],
+) -> Vec<String> {
     let pin: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
+    let pids: Vec<String> = server_pids.iter().map(|p| p.to_string()).collect();
     let mut args = vec![
-        format!("ws://{}/", server.addr),
+        url.to_string(),
         "--threads".into(),
         cpus.len().to_string(),
         "--pin".into(),
         pin.join(","),
         "--server-pid".into(),
-        server.pid().to_string(),
+        pids.join(","),
     ];
     for (flag, value) in workload {
         args.push((*flag).into());
@@ -191,6 +211,10 @@ mod tests {
         assert_eq!(
             listening_addr("listening on 127.0.0.1:5"),
             Some("127.0.0.1:5".parse().unwrap())
+        );
+        assert_eq!(
+            listening_addr("ringecho listening on wss://127.0.0.1:4001/ with 1 shard(s)"),
+            Some("127.0.0.1:4001".parse().unwrap())
         );
         assert_eq!(listening_addr("hello"), None);
     }

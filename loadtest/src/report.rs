@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::LoadArgs;
 use crate::stats::{ErrorKind, Stats};
+use crate::tls::Negotiated;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Percentiles {
@@ -57,6 +58,20 @@ pub struct CpuUse {
 pub struct EncodedHistograms {
     pub latency: String,
     pub connect: String,
+    #[serde(default)]
+    pub cycle: String,
+}
+
+/// Connections that agreed on one set of TLS parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TlsCount {
+    #[serde(flatten)]
+    pub negotiated: Negotiated,
+    pub connections: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `--deflate`: payload bytes on the wire, compressed, for the messages
@@ -70,7 +85,8 @@ pub struct WireBytes {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub target: String,
-    /// "closed" (send on echo) or "open" (fixed schedule, `rate_target`).
+    /// "closed" (send on echo), "open" (fixed schedule, `rate_target`) or
+    /// "handshakes" (`--handshakes`: connect, upgrade, one echo, close).
     pub mode: String,
     pub raw: bool,
     pub opcode: String,
@@ -132,6 +148,41 @@ pub struct Report {
     /// The server process under the load (`--server-pid`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<crate::server_watch::ServerSide>,
+    /// wss://: the TLS version most connections negotiated, "TLS1.3" or
+    /// "TLS1.2", and with it their cipher suite, key exchange group and
+    /// ALPN protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cipher_suite: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_kx_group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_alpn: Option<String>,
+    /// Every parameter set negotiated, most common first (one, normally).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_negotiated: Vec<TlsCount>,
+    /// The first TLS failure, explained (each is counted as `tls_failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_error: Option<String>,
+    /// Server TCP closes not preceded by a TLS close_notify (RFC 8446
+    /// §6.1), seen at the end of `--handshakes` cycles; not an error.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub eof_without_close_notify: u64,
+    /// `--handshakes`: cycles completed in the measured window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshakes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshakes_per_sec: Option<f64>,
+    /// Failed cycles, all kinds (the same as `error_total`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake_failures: Option<u64>,
+    /// A cycle's duration, µs: connect to the server's TCP close.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycle_us: Option<Percentiles>,
+    /// Server CPU time per completed cycle, µs (`--server-pid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_handshake: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub histograms: Option<EncodedHistograms>,
 }
@@ -187,9 +238,24 @@ impl Report {
             .filter(|k| stats.errors[**k as usize] > 0)
             .map(|k| (k.name().to_string(), stats.errors[*k as usize]))
             .collect();
+        let error_total: u64 = errors.values().sum();
+        let mut tls_negotiated: Vec<TlsCount> = stats
+            .tls
+            .iter()
+            .map(|(n, c)| TlsCount {
+                negotiated: n.clone(),
+                connections: *c,
+            })
+            .collect();
+        tls_negotiated.sort_by_key(|t| std::cmp::Reverse(t.connections));
+        let top = tls_negotiated.first().map(|t| &t.negotiated);
+        let handshakes_per_sec = stats.cycles as f64 / secs;
+        let cycles = args.handshakes;
         Report {
             target: args.url.clone(),
-            mode: if args.rate.is_some() {
+            mode: if args.handshakes {
+                "handshakes"
+            } else if args.rate.is_some() {
                 "open"
             } else {
                 "closed"
@@ -206,6 +272,7 @@ impl Report {
                 ErrorKind::ConnectTimeout,
                 ErrorKind::HandshakeFailed,
                 ErrorKind::DeflateRefused,
+                ErrorKind::TlsFailed,
             ]
             .iter()
             .map(|k| stats.errors[*k as usize])
@@ -232,14 +299,31 @@ impl Report {
             }),
             latency_us: Percentiles::of(&stats.latency),
             connect_us: Percentiles::of(&stats.connect),
-            error_total: errors.values().sum(),
+            error_total,
             errors,
+            server_cpu_us_per_handshake: cpu
+                .as_ref()
+                .and_then(|c| c.server_pct)
+                .filter(|_| cycles && handshakes_per_sec > 0.0)
+                .map(|pct| (pct / 100.0 * 1e6 / handshakes_per_sec * 100.0).round() / 100.0),
             cpu,
             server: None,
             histograms: args.child.then(|| EncodedHistograms {
                 latency: encode(&stats.latency),
                 connect: encode(&stats.connect),
+                cycle: encode(&stats.cycle),
             }),
+            tls: top.map(|t| t.version.clone()),
+            tls_cipher_suite: top.map(|t| t.cipher_suite.clone()),
+            tls_kx_group: top.map(|t| t.kx_group.clone()),
+            tls_alpn: top.and_then(|t| t.alpn.clone()),
+            tls_negotiated,
+            tls_error: stats.tls_error.clone(),
+            eof_without_close_notify: stats.eof_without_close_notify,
+            handshakes: cycles.then_some(stats.cycles),
+            handshakes_per_sec: cycles.then_some((handshakes_per_sec * 10.0).round() / 10.0),
+            handshake_failures: cycles.then_some(error_total),
+            cycle_us: cycles.then(|| Percentiles::of(&stats.cycle)),
         }
     }
 
@@ -252,6 +336,13 @@ impl Report {
             .ok_or("child report has no histograms")?;
         s.latency = decode(&h.latency)?;
         s.connect = decode(&h.connect)?;
+        s.cycle = decode(&h.cycle)?;
+        s.cycles = self.handshakes.unwrap_or(0);
+        for t in &self.tls_negotiated {
+            *s.tls.entry(t.negotiated.clone()).or_insert(0) += t.connections;
+        }
+        s.tls_error.clone_from(&self.tls_error);
+        s.eof_without_close_notify = self.eof_without_close_notify;
         s.messages = self.messages;
         s.payload_bytes = self.messages * self.size as u64;
         if let Some(w) = &self.wire_bytes {
@@ -270,7 +361,41 @@ impl Report {
         Ok(s)
     }
 
+    /// The TLS line of the text report, when there is TLS.
+    fn tls_line(&self) -> Option<String> {
+        let version = self.tls.as_ref()?;
+        let mut l = format!(
+            "  TLS: {version} {} {}",
+            self.tls_cipher_suite.as_deref().unwrap_or("?"),
+            self.tls_kx_group.as_deref().unwrap_or("?")
+        );
+        match &self.tls_alpn {
+            Some(p) => l.push_str(&format!(", ALPN {p}")),
+            None => l.push_str(", no ALPN"),
+        }
+        l.push_str("; full handshakes, no resumption");
+        if self.tls_negotiated.len() > 1 {
+            let others: Vec<String> = self.tls_negotiated[1..]
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} {} {} ({})",
+                        t.negotiated.version,
+                        t.negotiated.cipher_suite,
+                        t.negotiated.kx_group,
+                        t.connections
+                    )
+                })
+                .collect();
+            l.push_str(&format!("; others: {}", others.join(", ")));
+        }
+        Some(l)
+    }
+
     pub fn text(&self) -> String {
+        if self.handshakes.is_some() {
+            return self.handshakes_text();
+        }
         let mut o = String::new();
         let l = &self.latency_us;
         let c = &self.connect_us;
@@ -322,6 +447,9 @@ impl Report {
             "  connect µs: p50 {} p90 {} p99 {} max {}",
             c.p50, c.p90, c.p99, c.max
         );
+        if let Some(line) = self.tls_line() {
+            let _ = writeln!(o, "{line}");
+        }
         let _ = write!(
             o,
             "  opened {} of {} in {:.3} s, {} failed to open",
@@ -335,6 +463,13 @@ impl Report {
             );
         }
         let _ = writeln!(o);
+        self.tail(&mut o);
+        o
+    }
+
+    /// CPU, server memory, TLS failures and errors: the end of either
+    /// report.
+    fn tail(&self, o: &mut String) {
         if let Some(cpu) = &self.cpu {
             let _ = write!(o, "  CPU over the window: client {:.0}%", cpu.client_pct);
             if let Some(s) = cpu.server_pct {
@@ -356,6 +491,16 @@ impl Report {
             }
             let _ = writeln!(o);
         }
+        if self.eof_without_close_notify > 0 {
+            let _ = writeln!(
+                o,
+                "  TLS: {} server closes came without a close_notify (RFC 8446 §6.1)",
+                self.eof_without_close_notify
+            );
+        }
+        if let Some(e) = &self.tls_error {
+            let _ = writeln!(o, "  first TLS failure: {e}");
+        }
         if self.errors.is_empty() {
             let _ = writeln!(o, "  errors: none");
         } else {
@@ -366,6 +511,172 @@ impl Report {
                 .collect();
             let _ = writeln!(o, "  ERRORS: {}", list.join(", "));
         }
+    }
+
+    /// The `--handshakes` report.
+    fn handshakes_text(&self) -> String {
+        let mut o = String::new();
+        let cycle = self.cycle_us.clone().unwrap_or_default();
+        let c = &self.connect_us;
+        let l = &self.latency_us;
+        let kind = if self.deflate {
+            " compressible, permessage-deflate"
+        } else if self.compressible {
+            " compressible, uncompressed"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "{}: handshake cycles on {}, each: connect, {}upgrade, one {} B{kind} {} echo, close; {}",
+            self.target,
+            plural(self.connections as u64, "slot"),
+            if self.target.starts_with("wss://") {
+                "full TLS handshake, "
+            } else {
+                ""
+            },
+            self.size,
+            self.opcode,
+            plural(self.threads as u64, "thread"),
+        );
+        let _ = writeln!(
+            o,
+            "  {:.1} handshakes/s over {:.1} s ({} cycles completed), {} failed",
+            self.handshakes_per_sec.unwrap_or(0.0),
+            self.duration_s,
+            self.handshakes.unwrap_or(0),
+            self.handshake_failures.unwrap_or(0)
+        );
+        let _ = writeln!(
+            o,
+            "  cycle µs (connect to TCP close): p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.1})",
+            cycle.p50, cycle.p90, cycle.p99, cycle.p999, cycle.max, cycle.mean
+        );
+        let _ = writeln!(
+            o,
+            "  open µs (connect to 101): p50 {} p90 {} p99 {} max {}; echo µs: p50 {} p99 {}",
+            c.p50, c.p90, c.p99, c.max, l.p50, l.p99
+        );
+        if let Some(line) = self.tls_line() {
+            let _ = writeln!(o, "{line}");
+        }
+        if let Some(us) = self.server_cpu_us_per_handshake {
+            let _ = writeln!(o, "  server CPU per handshake: {us:.1} µs");
+        }
+        self.tail(&mut o);
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_args(v: &[&str]) -> LoadArgs {
+        match crate::cli::parse(v.iter().map(|s| s.to_string()).collect()) {
+            Ok(crate::cli::Command::Load(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn tls13(kx: &str) -> Negotiated {
+        Negotiated {
+            version: "TLS1.3".into(),
+            cipher_suite: "TLS13_AES_256_GCM_SHA384".into(),
+            kx_group: kx.into(),
+            alpn: Some("http/1.1".into()),
+        }
+    }
+
+    #[test]
+    fn a_handshake_report_says_what_was_negotiated_and_survives_a_split_run() {
+        let mut a = load_args(&[
+            "wss://127.0.0.1:1/",
+            "--insecure",
+            "--handshakes",
+            "--duration",
+            "2",
+        ]);
+        a.child = true;
+        let mut s = Stats::new();
+        s.cycles = 10;
+        s.opened = 12;
+        for us in [1000, 2000, 3000] {
+            Stats::record_us(&mut s.cycle, us);
+        }
+        s.tls.insert(tls13("X25519"), 11);
+        s.tls.insert(tls13("secp256r1"), 1);
+        s.error(ErrorKind::TlsFailed, 2);
+        s.tls_error = Some("TLS handshake failed: x".into());
+        let cpu = CpuUse {
+            client_pct: 10.0,
+            server_pct: Some(50.0),
+        };
+        let r = Report::build(&a, &s, 1, 1, Some(cpu));
+        assert_eq!(r.mode, "handshakes");
+        assert_eq!(r.handshakes, Some(10));
+        assert_eq!(r.handshakes_per_sec, Some(5.0));
+        assert_eq!(r.handshake_failures, Some(2));
+        // Half a core over 5 handshakes a second.
+        assert_eq!(r.server_cpu_us_per_handshake, Some(100_000.0));
+        assert_eq!(r.cycle_us.as_ref().map(|c| c.p50), Some(2000));
+        assert_eq!(r.tls.as_deref(), Some("TLS1.3"));
+        assert_eq!(r.tls_kx_group.as_deref(), Some("X25519"));
+        assert_eq!(r.tls_alpn.as_deref(), Some("http/1.1"));
+        assert_eq!(r.connections_failed, 2);
+        let text = r.text();
+        for s in [
+            "5.0 handshakes/s over 2.0 s (10 cycles completed), 2 failed",
+            "cycle µs (connect to TCP close): p50 2000",
+            "TLS: TLS1.3 TLS13_AES_256_GCM_SHA384 X25519, ALPN http/1.1",
+            "others: TLS1.3 TLS13_AES_256_GCM_SHA384 secp256r1 (1)",
+            "server CPU per handshake: 100000.0 µs",
+            "first TLS failure: TLS handshake failed: x",
+            "ERRORS: tls_failed 2",
+        ] {
+            assert!(text.contains(s), "{s:?} not in\n{text}");
+        }
+        // A parent merges children's JSON back into the same counts.
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        let merged = back.to_stats().unwrap();
+        assert_eq!(merged.cycles, 10);
+        assert_eq!(merged.cycle.len(), 3);
+        assert_eq!(merged.tls, s.tls);
+        assert_eq!(merged.tls_error, s.tls_error);
+        let again = Report::build(
+            &load_args(&[
+                "wss://127.0.0.1:1/",
+                "--insecure",
+                "--handshakes",
+                "--duration",
+                "2",
+            ]),
+            &merged,
+            1,
+            2,
+            None,
+        );
+        assert_eq!(again.handshakes_per_sec, Some(5.0));
+        assert_eq!(again.tls_negotiated.len(), 2);
+    }
+
+    #[test]
+    fn plain_ws_reports_carry_no_tls_or_handshake_fields() {
+        let a = load_args(&["ws://127.0.0.1:1/"]);
+        let r = Report::build(&a, &Stats::new(), 1, 1, None);
+        let json = serde_json::to_value(&r).unwrap();
+        for k in [
+            "tls",
+            "tls_negotiated",
+            "handshakes",
+            "cycle_us",
+            "tls_error",
+        ] {
+            assert!(json.get(k).is_none(), "{k} in {json}");
+        }
+        assert_eq!(r.mode, "closed");
+        assert!(!r.text().contains("TLS"));
     }
 }

@@ -22,6 +22,11 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// RSS summed over a server's processes; `None` if any is gone.
+pub fn rss_kib_sum(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|&p| rss_kib(p)).sum()
+}
+
 pub fn open_fds(pid: u32) -> Option<u64> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
 }
@@ -80,10 +85,10 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Start sampling `pid` twice a second; `stats` is ringecho's metrics
-    /// listener, for `/stats`.
-    pub fn start(pid: u32, stats: Option<SocketAddr>) -> Watch {
-        let before = rss_kib(pid).unwrap_or(0);
+    /// Start sampling `pids` (their RSS summed) twice a second; `stats` is
+    /// ringecho's metrics listener, for `/stats`.
+    pub fn start(pids: Vec<u32>, stats: Option<SocketAddr>) -> Watch {
+        let before = rss_kib_sum(&pids).unwrap_or(0);
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(Mutex::new(Peak {
             rss: before,
@@ -92,7 +97,7 @@ impl Watch {
         let (s, p) = (stop.clone(), peak.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                let rss = rss_kib(pid).unwrap_or(0);
+                let rss = rss_kib_sum(&pids).unwrap_or(0);
                 let active = stats.and_then(ringecho_active);
                 if let Ok(mut best) = p.lock() {
                     let sum = |a: &Option<Vec<u64>>| a.as_ref().map(|v| v.iter().sum::<u64>());

@@ -1,6 +1,10 @@
 //! Per-thread counters and histograms, merged into one at the end.
 
+use std::collections::BTreeMap;
+
 use hdrhistogram::Histogram;
+
+use crate::tls::Negotiated;
 
 /// Kinds of failure a run counts; any non-zero count fails the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,10 +32,17 @@ pub enum ErrorKind {
     /// `--deflate`: the 101 did not accept permessage-deflate as offered
     /// (declined it, or answered with something the client cannot use).
     DeflateRefused,
+    /// wss://: the TLS handshake failed (certificate refused, alert, not
+    /// TLS at all) or the connection closed during it.
+    TlsFailed,
+    /// `--handshakes`: the server did not finish the close handshake
+    /// (RFC 6455 §7.1.2): no close frame, one with another code than the
+    /// client's 1000, or no TCP close after it in time.
+    CloseFailed,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::ConnectFailed,
         ErrorKind::ConnectTimeout,
         ErrorKind::HandshakeFailed,
@@ -43,6 +54,8 @@ impl ErrorKind {
         ErrorKind::Protocol,
         ErrorKind::Backlog,
         ErrorKind::DeflateRefused,
+        ErrorKind::TlsFailed,
+        ErrorKind::CloseFailed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +71,8 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol",
             ErrorKind::Backlog => "backlog",
             ErrorKind::DeflateRefused => "deflate_refused",
+            ErrorKind::TlsFailed => "tls_failed",
+            ErrorKind::CloseFailed => "close_failed",
         }
     }
 }
@@ -92,6 +107,18 @@ pub struct Stats {
     /// `--echo-on-open` sends that early).
     pub echoes_while_opening: u64,
     pub errors: [u64; ErrorKind::ALL.len()],
+    /// `--handshakes`: cycles completed inside the measured window, and
+    /// their durations, µs (connect to the server's TCP close).
+    pub cycles: u64,
+    pub cycle: Histogram<u64>,
+    /// wss://: what the handshakes agreed on, with how many connections
+    /// agreed on each.
+    pub tls: BTreeMap<Negotiated, u64>,
+    /// wss://: the first TLS failure, explained.
+    pub tls_error: Option<String>,
+    /// wss://: connections whose server closed TCP without a close_notify
+    /// first (RFC 8446 §6.1 requires one).
+    pub eof_without_close_notify: u64,
 }
 
 impl Stats {
@@ -107,6 +134,11 @@ impl Stats {
             open_us: 0,
             echoes_while_opening: 0,
             errors: [0; ErrorKind::ALL.len()],
+            cycles: 0,
+            cycle: new_histogram(),
+            tls: BTreeMap::new(),
+            tls_error: None,
+            eof_without_close_notify: 0,
         }
     }
 
@@ -134,5 +166,14 @@ impl Stats {
         for (a, b) in self.errors.iter_mut().zip(other.errors) {
             *a += b;
         }
+        let _ = self.cycle.add(&other.cycle);
+        self.cycles += other.cycles;
+        for (k, n) in &other.tls {
+            *self.tls.entry(k.clone()).or_insert(0) += n;
+        }
+        if self.tls_error.is_none() {
+            self.tls_error.clone_from(&other.tls_error);
+        }
+        self.eof_without_close_notify += other.eof_without_close_notify;
     }
 }

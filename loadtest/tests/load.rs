@@ -3,10 +3,13 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::ringecho_bin;
 
 const LOADTEST: &str = env!("CARGO_BIN_EXE_loadtest");
 
@@ -21,46 +24,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// ringecho from `RINGECHO_BIN`, else next to this package's binary (the
-/// workspace shares one target directory, and `cargo test --workspace`
-/// builds it there), else built on demand into a target directory of its
-/// own, so the build does not wait on the lock this test run holds.
-fn ringecho_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("RINGECHO_BIN") {
-        return PathBuf::from(p);
-    }
-    let dir = PathBuf::from(LOADTEST)
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let beside = dir.join("ringecho");
-    if beside.exists() {
-        return beside;
-    }
-    let release = dir.ends_with("release");
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = root.join("target").join("loadtest-ringecho");
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(&root)
-        .args([
-            "build",
-            "-p",
-            "ringecho",
-            "--bin",
-            "ringecho",
-            "--target-dir",
-        ])
-        .arg(&target);
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo to build ringecho");
-    assert!(status.success(), "building ringecho failed");
-    target
-        .join(if release { "release" } else { "debug" })
-        .join("ringecho")
 }
 
 fn start(mut cmd: Command) -> Server {

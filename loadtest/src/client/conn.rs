@@ -1,23 +1,32 @@
-//! One client connection: non-blocking connect, opening handshake, then
-//! sending pre-built frames and verifying every echo as it streams in.
+//! One client connection: non-blocking connect, TLS for wss://, opening
+//! handshake, then sending pre-built frames and verifying every echo as it
+//! streams in; with `--handshakes`, one echo and the close handshake.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::TcpStream;
 use ringecho_proto::frame::{encode_client_frame, parse_server_header, OpCode};
+use rustls::ClientConnection;
 
 use super::payload::{Scratch, UnitCheck, Verdict, Workload};
+use crate::cli::LoadArgs;
 use crate::deflate::{self, Reassembler};
 use crate::stats::{ErrorKind, Stats};
+use crate::tls::{self, Negotiated, TlsClient};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Connecting,
+    /// TLS (wss://) and the HTTP upgrade.
     Handshaking,
     Open,
+    /// `--handshakes`: our close frame is out; waiting for the server's
+    /// and then for its TCP close.
+    Closing,
     Done,
 }
 
@@ -27,6 +36,8 @@ pub enum Change {
     None,
     Opened,
     Failed,
+    /// `--handshakes`: the whole cycle completed.
+    Cycled,
 }
 
 /// Handshake responses larger than this are refused.
@@ -56,6 +67,19 @@ pub struct Ctx<'a> {
 /// Whether this process has said why a server refused permessage-deflate:
 /// every connection is refused for the same reason, once is enough.
 static TOLD_DEFLATE_REFUSED: AtomicBool = AtomicBool::new(false);
+/// The same for the first TLS failure.
+static TOLD_TLS_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// wss://: the session over the socket, and the configuration it came
+/// from (for explaining a failure).
+struct Tls {
+    session: Box<ClientConnection>,
+    client: Arc<TlsClient>,
+}
+
+/// The close code `--handshakes` sends, and expects an echo server to
+/// send back (RFC 6455 §5.5.1: the answer typically echoes the code).
+const NORMAL_CLOSURE: u16 = 1000;
 
 pub struct Conn {
     pub stream: TcpStream,
@@ -78,21 +102,36 @@ pub struct Conn {
     unit_opcode_ok: bool,
     /// Set workloads (`--deflate`, `--compressible`) judge whole messages.
     reassembly: Reassembler,
+    tls: Option<Tls>,
+    /// `--handshakes`: one message, then the close handshake.
+    cycle: bool,
+    /// The server's close frame has arrived (in `Closing`).
+    close_received: bool,
+    /// The cycle completed: echo verified, close answered, TCP closed.
+    cycled: bool,
 }
 
 impl Conn {
-    /// `deflate`: offer permessage-deflate ([`deflate::CLIENT_OFFER`]).
+    /// A connection for `args`' workload: `--deflate` offers
+    /// permessage-deflate ([`deflate::CLIENT_OFFER`]), `--handshakes` makes
+    /// it a single cycle, `tls` (wss://) starts a TLS session.
     pub fn new(
         stream: TcpStream,
-        host: &str,
-        path: &str,
-        raw: bool,
-        deflate: bool,
+        args: &LoadArgs,
+        tls: Option<&Arc<TlsClient>>,
         now: Instant,
-    ) -> Conn {
+    ) -> io::Result<Conn> {
+        let tls = match tls {
+            Some(client) => Some(Tls {
+                session: Box::new(client.connect().map_err(io::Error::other)?),
+                client: Arc::clone(client),
+            }),
+            None => None,
+        };
+        let (host, path, deflate) = (&args.host, &args.path, args.deflate);
         let mut request = Vec::new();
         let mut accept = [0u8; 28];
-        if !raw {
+        if !args.raw {
             use base64::Engine as _;
             let nonce: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
             let key = base64::engine::general_purpose::STANDARD.encode(nonce);
@@ -109,7 +148,7 @@ impl Conn {
             )
             .into_bytes();
         }
-        Conn {
+        Ok(Conn {
             stream,
             state: State::Connecting,
             started: now,
@@ -129,7 +168,16 @@ impl Conn {
             // Sized in `opened`, where the workload is at hand; nothing
             // is reassembled before then.
             reassembly: Reassembler::new(0),
-        }
+            tls,
+            cycle: args.handshakes,
+            close_received: false,
+            cycled: false,
+        })
+    }
+
+    /// When the connect started.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     pub fn outstanding(&self) -> usize {
@@ -143,21 +191,85 @@ impl Conn {
     /// Handle readiness; mio is edge-triggered, so this drains what it can.
     pub fn on_event(&mut self, cx: &mut Ctx<'_>) -> Change {
         let before = self.state;
+        let live = |s| matches!(s, State::Handshaking | State::Open | State::Closing);
         if self.state == State::Connecting {
             self.finish_connect(cx);
         }
-        if matches!(self.state, State::Handshaking | State::Open) {
+        if live(self.state) {
             self.read_all(cx);
         }
-        if matches!(self.state, State::Handshaking | State::Open) {
+        if live(self.state) {
             self.top_up(cx);
             self.flush(cx);
         }
         match (before, self.state) {
-            (State::Open, _) => Change::None,
-            (_, State::Open) => Change::Opened,
+            (_, State::Done) if self.cycled => Change::Cycled,
+            (State::Open | State::Closing, _) => Change::None,
+            (_, State::Open | State::Closing) => Change::Opened,
             (_, State::Done) => Change::Failed,
             _ => Change::None,
+        }
+    }
+
+    /// The stream ended (`why` is `None` for an orderly EOF) or failed:
+    /// account for it by what the connection was doing.
+    fn ended(&mut self, cx: &mut Ctx<'_>, why: Option<&io::Error>) {
+        if let Some(e) = why.and_then(tls::tls_error) {
+            let line = match &self.tls {
+                Some(t) => tls::explain(e, &t.client.opts),
+                None => format!("TLS: {e}"),
+            };
+            return self.tls_failed(cx, line);
+        }
+        if self.state == State::Closing && self.close_received {
+            // The close handshake is complete (RFC 6455 §7.1.1: the
+            // server closes TCP first). A TLS peer should have sent
+            // close_notify first (RFC 8446 §6.1); its absence is counted,
+            // not failed: no data can have been cut off.
+            if why.is_some_and(|e| e.kind() == io::ErrorKind::UnexpectedEof) && self.tls.is_some() {
+                cx.stats.eof_without_close_notify += 1;
+            }
+            return self.cycle_done();
+        }
+        if self.state == State::Closing {
+            return self.fail(cx, ErrorKind::CloseFailed);
+        }
+        if self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.session.is_handshaking())
+        {
+            let how = why.map_or("EOF".to_string(), |e| e.to_string());
+            return self.tls_failed(
+                cx,
+                format!("TLS handshake failed: the server closed the connection ({how})"),
+            );
+        }
+        let kind = if self.state == State::Handshaking {
+            ErrorKind::HandshakeFailed
+        } else {
+            ErrorKind::UnexpectedClose
+        };
+        self.fail(cx, kind)
+    }
+
+    fn tls_failed(&mut self, cx: &mut Ctx<'_>, line: String) {
+        if !TOLD_TLS_FAILED.swap(true, Ordering::Relaxed) {
+            eprintln!("loadtest: {line}");
+        }
+        if cx.stats.tls_error.is_none() {
+            cx.stats.tls_error = Some(line);
+        }
+        self.fail(cx, ErrorKind::TlsFailed);
+    }
+
+    /// `--handshakes`: the cycle is complete. Say close_notify before the
+    /// socket goes (RFC 8446 §6.1).
+    fn cycle_done(&mut self) {
+        self.state = State::Done;
+        self.cycled = true;
+        if let Some(t) = self.tls.as_mut() {
+            tls::close_notify(&mut t.session, &self.stream);
         }
     }
 
@@ -189,8 +301,16 @@ impl Conn {
     fn opened(&mut self, cx: &mut Ctx<'_>) {
         self.state = State::Open;
         cx.stats.opened += 1;
-        let us = cx.now.saturating_duration_since(self.started).as_micros() as u64;
-        Stats::record_us(&mut cx.stats.connect, us);
+        // A handshake-rate run opens connections all along: only those of
+        // the measured window describe it.
+        let in_window = cx.now >= cx.window.0 && cx.now < cx.window.1;
+        if !self.cycle || in_window {
+            let us = cx.now.saturating_duration_since(self.started).as_micros() as u64;
+            Stats::record_us(&mut cx.stats.connect, us);
+        }
+        if let Some(t) = &self.tls {
+            *cx.stats.tls.entry(Negotiated::of(&t.session)).or_insert(0) += 1;
+        }
         if self.rx.len() < INITIAL_RX {
             self.rx.resize(INITIAL_RX, 0);
         }
@@ -209,26 +329,30 @@ impl Conn {
                 }
                 self.make_room();
             }
-            match (&self.stream).read(&mut self.rx[self.rx_len..]) {
+            let into = &mut self.rx[self.rx_len..];
+            let got = match self.tls.as_mut() {
+                Some(t) => tls::read(&mut t.session, &self.stream, into),
+                None => (&self.stream).read(into),
+            };
+            match got {
                 Ok(0) => {
                     self.process(cx);
-                    let kind = if self.state == State::Handshaking {
-                        ErrorKind::HandshakeFailed
-                    } else {
-                        ErrorKind::UnexpectedClose
-                    };
-                    return self.fail(cx, kind);
+                    if self.state == State::Done {
+                        return;
+                    }
+                    return self.ended(cx, None);
                 }
                 Ok(n) => self.rx_len += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    let kind = if self.state == State::Handshaking {
-                        ErrorKind::HandshakeFailed
-                    } else {
-                        ErrorKind::UnexpectedClose
-                    };
-                    return self.fail(cx, kind);
+                Err(e) => {
+                    // What arrived before the error (the server's close
+                    // frame, say) still counts.
+                    self.process(cx);
+                    if self.state == State::Done {
+                        return;
+                    }
+                    return self.ended(cx, Some(&e));
                 }
             }
         }
@@ -253,7 +377,7 @@ impl Conn {
         if self.state == State::Handshaking {
             self.process_handshake(cx);
         }
-        if self.state == State::Open {
+        if matches!(self.state, State::Open | State::Closing) {
             if cx.w.raw {
                 self.process_raw(cx);
             } else {
@@ -327,7 +451,11 @@ impl Conn {
     /// answer pings.
     fn process_frames(&mut self, cx: &mut Ctx<'_>) {
         let max_len = cx.w.max_echo as u64;
-        while self.state == State::Open {
+        while matches!(self.state, State::Open | State::Closing) {
+            if self.close_received && self.rx_pos < self.rx_len {
+                // RFC 6455 §5.5.1: nothing follows a close frame.
+                return self.fail(cx, ErrorKind::Protocol);
+            }
             let buf = &self.rx[self.rx_pos..self.rx_len];
             let h = match parse_server_header(buf) {
                 Ok(Some(h)) => h,
@@ -355,6 +483,10 @@ impl Conn {
             let p0 = self.rx_pos + hlen;
             let p1 = self.rx_pos + total;
             self.rx_pos = p1;
+            if self.state == State::Closing && matches!(h.opcode, 0x0..=0x2) {
+                // The one message of a cycle has been echoed already.
+                return self.fail(cx, ErrorKind::Protocol);
+            }
             if cx.w.set.is_some() && matches!(h.opcode, 0x0..=0x2) {
                 let outstanding = self.sent_at.len() as u64;
                 let judged = match self.reassembly.push(fin, h.rsv, h.opcode, &self.rx[p0..p1]) {
@@ -394,10 +526,26 @@ impl Conn {
                     }
                     self.check.feed(&cx.w.expect, &self.rx[p0..p1]);
                 }
+                0x8 if self.state == State::Closing => {
+                    // §5.5: control frames are whole and at most 125 bytes.
+                    if len > 125 || !fin {
+                        return self.fail(cx, ErrorKind::Protocol);
+                    }
+                    let body = &self.rx[p0..p1];
+                    if body.len() < 2 || u16::from_be_bytes([body[0], body[1]]) != NORMAL_CLOSURE {
+                        return self.fail(cx, ErrorKind::CloseFailed);
+                    }
+                    self.close_received = true;
+                    continue;
+                }
                 0x8 => return self.fail(cx, ErrorKind::UnexpectedClose),
                 0x9 => {
                     if len > 125 || !fin {
                         return self.fail(cx, ErrorKind::Protocol);
+                    }
+                    if self.state == State::Closing {
+                        // Our close is out; the connection is going.
+                        continue;
                     }
                     let mut ping = [0u8; 125];
                     let n = p1 - p0;
@@ -432,35 +580,69 @@ impl Conn {
     }
 
     /// Account for a complete echo, `echo_len` payload bytes as received,
-    /// judged `verdict`.
+    /// judged `verdict`. A cycle closes after its one echo, or ends on a
+    /// bad one (already counted).
     fn settle(&mut self, cx: &mut Ctx<'_>, verdict: Verdict, opcode_ok: bool, echo_len: usize) {
+        let clean = self.account(cx, verdict, opcode_ok, echo_len);
+        if !self.cycle || self.state != State::Open {
+            return;
+        }
+        if !clean {
+            self.state = State::Done;
+        } else if self.sent_at.is_empty() {
+            encode_client_frame(
+                true,
+                OpCode::Close,
+                cx.w.mask_key,
+                &NORMAL_CLOSURE.to_be_bytes(),
+                &mut self.tx,
+            );
+            self.state = State::Closing;
+        }
+    }
+
+    /// The counting half of [`Conn::settle`]; whether the echo was the
+    /// one expected, intact.
+    fn account(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        verdict: Verdict,
+        opcode_ok: bool,
+        echo_len: usize,
+    ) -> bool {
         *cx.echoes += 1;
         if self.sent_at.is_empty() {
-            return cx.stats.error(ErrorKind::OutOfOrder, 1);
+            cx.stats.error(ErrorKind::OutOfOrder, 1);
+            return false;
         }
         if !opcode_ok {
             cx.stats.error(ErrorKind::WrongOpcode, 1);
             self.sent_at.pop_front();
             self.next_recv += 1;
-            return;
+            return false;
         }
+        let mut clean = true;
         match verdict {
             Verdict::Ok => {}
             Verdict::Skipped(n) => {
                 cx.stats.error(ErrorKind::Lost, n);
                 self.sent_at.drain(..n as usize);
                 self.next_recv += n;
+                clean = false;
             }
-            Verdict::OutOfOrder => return cx.stats.error(ErrorKind::OutOfOrder, 1),
+            Verdict::OutOfOrder => {
+                cx.stats.error(ErrorKind::OutOfOrder, 1);
+                return false;
+            }
             Verdict::Corrupt => {
                 cx.stats.error(ErrorKind::Corrupt, 1);
                 self.sent_at.pop_front();
                 self.next_recv += 1;
-                return;
+                return false;
             }
         }
         let Some(sent) = self.sent_at.pop_front() else {
-            return;
+            return false;
         };
         let seq = self.next_recv;
         self.next_recv += 1;
@@ -474,6 +656,7 @@ impl Conn {
                 cx.stats.wire_echoed += echo_len as u64;
             }
         }
+        clean
     }
 
     /// Queue one message whose latency counts from `intended`.
@@ -491,6 +674,13 @@ impl Conn {
         if self.state != State::Open {
             return;
         }
+        if self.cycle {
+            if self.next_send == 0 {
+                let now = cx.now;
+                self.queue(cx, now);
+            }
+            return;
+        }
         while self.sent_at.len() < cx.top_up_to {
             let now = cx.now;
             self.queue(cx, now);
@@ -504,20 +694,26 @@ impl Conn {
     }
 
     pub fn flush(&mut self, cx: &mut Ctx<'_>) {
+        if let Some(t) = self.tls.as_mut() {
+            // Even with nothing of ours to send, rustls may have records
+            // to (handshake messages, alerts).
+            match tls::write(&mut t.session, &self.stream, &self.tx[self.tx_pos..]) {
+                Ok(n) => self.tx_pos += n,
+                Err(e) => return self.ended(cx, Some(&e)),
+            }
+            if self.tx_pos == self.tx.len() {
+                self.tx.clear();
+                self.tx_pos = 0;
+            }
+            return;
+        }
         while self.tx_pos < self.tx.len() {
             match (&self.stream).write(&self.tx[self.tx_pos..]) {
                 Ok(0) => return self.fail(cx, ErrorKind::UnexpectedClose),
                 Ok(n) => self.tx_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    let kind = if self.state == State::Handshaking {
-                        ErrorKind::HandshakeFailed
-                    } else {
-                        ErrorKind::UnexpectedClose
-                    };
-                    return self.fail(cx, kind);
-                }
+                Err(e) => return self.ended(cx, Some(&e)),
             }
         }
         self.tx.clear();
@@ -525,17 +721,23 @@ impl Conn {
     }
 
     /// Say goodbye with close 1000 (best effort: the socket is dropped right
-    /// after, so a server's reply is not awaited).
+    /// after, so a server's reply is not awaited), and over TLS with
+    /// close_notify (RFC 8446 §6.1).
     pub fn close(&mut self, cx: &mut Ctx<'_>) {
         if self.state == State::Open && !cx.w.raw {
             encode_client_frame(
                 true,
                 OpCode::Close,
                 cx.w.mask_key,
-                &1000u16.to_be_bytes(),
+                &NORMAL_CLOSURE.to_be_bytes(),
                 &mut self.tx,
             );
             self.flush(cx);
+        }
+        if self.state != State::Done {
+            if let Some(t) = self.tls.as_mut() {
+                tls::close_notify(&mut t.session, &self.stream);
+            }
         }
         self.state = State::Done;
     }

@@ -2,6 +2,7 @@
 //! limit, over child processes), watches progress and CPU, builds the report.
 
 pub mod conn;
+mod cycles;
 pub mod payload;
 pub mod socket;
 mod split;
@@ -38,16 +39,21 @@ pub fn run(args: LoadArgs) -> Result<Report, String> {
     };
     // The top-level process watches the server; children of a split run
     // leave it to their parent.
-    let watch = match args.server_pid {
-        Some(pid) if !args.child => Some(crate::server_watch::Watch::start(pid, args.server_stats)),
-        _ => None,
-    };
+    let watch = (!args.server_pids.is_empty() && !args.child)
+        .then(|| crate::server_watch::Watch::start(args.server_pids.clone(), args.server_stats));
     let mut report = if args.connections > per_process && !args.child {
         split::run(&args, per_process, source_ips.unwrap_or(1))
     } else {
         run_in_process(&args, source_ips)
     }?;
-    report.server = watch.map(|w| w.finish(report.connections_open));
+    // A handshake-rate run opens connections all along, at most one per
+    // slot at a time.
+    let open = if args.handshakes {
+        args.connections as u64
+    } else {
+        report.connections_open
+    };
+    report.server = watch.map(|w| w.finish(open));
     Ok(report)
 }
 
@@ -63,6 +69,12 @@ fn run_in_process(args: &LoadArgs, source_ips: Option<u32>) -> Result<Report, St
         )?))
     } else {
         None
+    };
+    // One configuration for every connection: its certificate store and
+    // provider are read and built once.
+    let tls = match &args.tls {
+        Some(opts) => Some(Arc::new(crate::tls::TlsClient::new(opts)?)),
+        None => None,
     };
     let args = Arc::new(args.clone());
     let barrier = Arc::new(Barrier::new(threads + 1));
@@ -83,11 +95,17 @@ fn run_in_process(args: &LoadArgs, source_ips: Option<u32>) -> Result<Report, St
             barrier: Arc::clone(&barrier),
             progress: Arc::clone(&progress),
             set: set.clone(),
+            tls: tls.clone(),
             conns,
+        };
+        let body = if args.handshakes {
+            cycles::run
+        } else {
+            worker::run
         };
         let h = std::thread::Builder::new()
             .name(format!("client-{t}"))
-            .spawn(move || worker::run(plan))
+            .spawn(move || body(plan))
             .map_err(|e| format!("cannot start a client thread: {e}"))?;
         handles.push(h);
     }
@@ -105,24 +123,28 @@ fn run_in_process(args: &LoadArgs, source_ips: Option<u32>) -> Result<Report, St
     let window = (t0 + args.warmup, t0 + args.warmup + args.duration);
     let me = std::process::id();
     let mut samples: Option<(Option<CpuSample>, Option<CpuSample>)> = None;
+    let server_pids = args.server_pids.clone();
     let mut cpu = None;
     let mut last = (t0, 0u64);
     while !handles.iter().all(|h| h.is_finished()) {
         std::thread::sleep(Duration::from_millis(50));
         let now = Instant::now();
         if samples.is_none() && now >= window.0 {
-            samples = Some((
-                CpuSample::take(me),
-                args.server_pid.and_then(CpuSample::take),
-            ));
+            samples = Some((CpuSample::take(me), CpuSample::take_all(&server_pids)));
         }
         if cpu.is_none() && now >= window.1 {
             if let Some((client, server)) = &samples {
                 cpu = client
+                    .as_ref()
                     .and_then(|c| c.percent_since())
                     .map(|client_pct| CpuUse {
                         client_pct: client_pct.round(),
-                        server_pct: server.and_then(|s| s.percent_since()).map(f64::round),
+                        // A tenth of a percent: CPU per handshake is
+                        // computed from it, and a few percent is common.
+                        server_pct: server
+                            .as_ref()
+                            .and_then(|s| s.percent_since())
+                            .map(|v| (v * 10.0).round() / 10.0),
                     });
             }
         }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::LoadArgs;
 use crate::report::{CpuUse, Report};
+use crate::tls::Trust;
 
 use crate::stats::Stats;
 
@@ -53,8 +54,24 @@ pub fn run(args: &LoadArgs, per_process: usize, source_ips: u32) -> Result<Repor
             let list: Vec<String> = pin.iter().map(|c| c.to_string()).collect();
             cmd.args(["--pin", &list.join(",")]);
         }
-        if let Some(pid) = args.server_pid {
-            cmd.args(["--server-pid", &pid.to_string()]);
+        if !args.server_pids.is_empty() {
+            let pids: Vec<String> = args.server_pids.iter().map(|p| p.to_string()).collect();
+            cmd.args(["--server-pid", &pids.join(",")]);
+        }
+        if let Some(tls) = &args.tls {
+            match &tls.trust {
+                Trust::Ca(path) => {
+                    cmd.arg("--ca").arg(path);
+                }
+                Trust::Insecure => {
+                    cmd.arg("--insecure");
+                }
+            }
+            cmd.args(["--tls-server-name", &tls.server_name])
+                .args(["--tls-kx", tls.kx.flag()]);
+        }
+        if args.handshakes {
+            cmd.arg("--handshakes");
         }
         if args.raw {
             cmd.arg("--raw");

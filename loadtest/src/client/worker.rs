@@ -16,6 +16,7 @@ use super::payload::{MessageSet, Scratch, Workload};
 use super::socket;
 use crate::cli::LoadArgs;
 use crate::stats::{ErrorKind, Stats};
+use crate::tls::TlsClient;
 
 /// Connections of one thread that may be connecting or handshaking at once;
 /// more would overflow the server's accept backlog and turn into SYN
@@ -38,6 +39,8 @@ pub struct Plan {
     pub progress: Arc<AtomicU64>,
     /// `--deflate` or `--compressible`: the process's messages.
     pub set: Option<Arc<MessageSet>>,
+    /// wss://: the process's TLS client configuration.
+    pub tls: Option<Arc<TlsClient>>,
 }
 
 /// A timerfd gives the open-loop schedule sub-millisecond wake-ups, which
@@ -144,14 +147,7 @@ impl Opener {
                     token,
                     Interest::READABLE | Interest::WRITABLE,
                 )?;
-                Ok(Conn::new(
-                    stream,
-                    &args.host,
-                    &args.path,
-                    args.raw,
-                    args.deflate,
-                    now,
-                ))
+                Conn::new(stream, args, plan.tls.as_ref(), now)
             });
             match conn {
                 Ok(c) => {
