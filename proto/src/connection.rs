@@ -478,7 +478,11 @@ impl Connection {
     /// Give back a buffer from [`Connection::read_buffer`] that nothing was
     /// read into (a non-blocking read would have blocked).
     pub fn cancel_read(&mut self, buf: BytesMut) {
-        self.rb.put_back(buf);
+        // With TLS the buffer was a fresh one for ciphertext, not the read
+        // buffer holding plaintext: there is nothing to put back.
+        if self.tls.is_none() {
+            self.rb.put_back(buf);
+        }
     }
 
     /// Fill `batch` with up to `max` slices to write next (empty when there

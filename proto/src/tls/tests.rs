@@ -310,3 +310,19 @@ fn the_idle_timeout_pings_over_tls_too() {
     p.pump();
     assert_eq!(frames(&p.got), vec![(0x89, b"ringecho".to_vec())]);
 }
+
+#[test]
+fn a_read_that_would_block_keeps_the_plaintext_already_buffered() {
+    // As the epoll shell does: every readable edge ends with a read that
+    // would block, whose empty buffer goes back through cancel_read.
+    let mut p = Pair::open(Config::default());
+    let frame = frame(OpCode::Binary, &[7u8; 3000]);
+    // Half a frame arrives (a whole frame is echoed only once complete).
+    std::io::Write::write_all(&mut p.client.writer(), &frame[..1500]).unwrap();
+    p.pump();
+    let empty = p.conn.read_buffer();
+    p.conn.cancel_read(empty);
+    std::io::Write::write_all(&mut p.client.writer(), &frame[1500..]).unwrap();
+    p.pump();
+    assert_eq!(frames(&p.got), vec![(0x82, vec![7u8; 3000])]);
+}
