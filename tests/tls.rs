@@ -437,3 +437,40 @@ fn a_bad_certificate_or_key_stops_start_up_with_a_message_naming_it() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn permessage_deflate_works_over_wss_too() {
+    let server = start(&["--permessage-deflate"]);
+    let script = r#"
+import asyncio, ssl, sys, websockets
+async def main(url, ca):
+    ctx = ssl.create_default_context(cafile=ca)
+    async with websockets.connect(url, ssl=ctx, max_size=None, compression="deflate") as ws:
+        print("agreed:", ws.response_headers.get("Sec-WebSocket-Extensions"))
+        for n in [10, 20000, 300000]:
+            m = ("compressible text " * (n // 18 + 1))[:n]
+            await ws.send(m)
+            assert await ws.recv() == m
+        print("echoed: ok")
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"#;
+    let url = format!("wss://localhost:{}/", server.addr.port());
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", script, &url])
+        .arg(data("ca.pem"))
+        .output()
+        .expect("python3 with websockets (installed by the test command)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("agreed: permessage-deflate; server_no_context_takeover"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("echoed: ok"), "{stdout}");
+    let t = server.wait_stats(Duration::from_secs(5), |t| t["active"] == 0);
+    assert_eq!(t["deflate_agreed"], 1);
+}
