@@ -701,6 +701,12 @@ impl Connection {
         self.rb.held_bytes()
     }
 
+    /// TLS buffer memory this connection holds (none when idle), for tests
+    /// and memory accounting.
+    pub fn tls_buffered_bytes(&self) -> usize {
+        self.tls.as_ref().map_or(0, |t| t.buffered_bytes())
+    }
+
     /// Whether permessage-deflate was agreed in the handshake.
     pub fn deflate_agreed(&self) -> bool {
         self.session.deflate_agreed()

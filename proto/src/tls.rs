@@ -10,11 +10,14 @@
 //! peer that does not read holds back the queue (and with it the engine's
 //! backpressure) rather than growing a ciphertext buffer.
 
-use std::io::{self, BufRead};
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use rustls::{ServerConfig, ServerConnection};
+use bytes::Bytes;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+};
+use rustls::ServerConfig;
 
 use crate::read_buffer::ReadSizing;
 
@@ -30,14 +33,21 @@ pub enum Fed {
     /// The peer ended the TLS session with close_notify: no more input.
     Closed,
     /// The peer broke TLS (a bad record, a failed handshake, garbage
-    /// instead of a ClientHello): rustls has queued the alert to send, then
-    /// the connection ends.
+    /// instead of a ClientHello): the alert is queued to send, then the
+    /// connection ends.
     Failed,
 }
 
-/// One connection's TLS state.
+/// One connection's TLS state. rustls's unbuffered API leaves every buffer
+/// to us, so an idle connection holds none: a partial record waits in
+/// `incoming` only until the rest arrives, and ciphertext to send only
+/// until it is written.
 pub struct Tls {
-    conn: ServerConnection,
+    conn: UnbufferedServerConnection,
+    /// Received ciphertext not yet a whole record.
+    incoming: Vec<u8>,
+    /// Ciphertext made and not yet handed to the shell.
+    outgoing: Vec<u8>,
     /// Ciphertext handed to the shell and not yet reported written.
     inflight: Bytes,
     /// Our close_notify has been queued.
@@ -51,22 +61,29 @@ impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tls")
             .field("handshaking", &self.conn.is_handshaking())
+            .field("incoming", &self.incoming.len())
+            .field("outgoing", &self.outgoing.len())
             .field("inflight", &self.inflight.len())
             .finish_non_exhaustive()
     }
+}
+
+/// What one round of rustls's state machine asks for next.
+enum Next {
+    Again,
+    Wait,
+    Closed,
+    Failed,
 }
 
 impl Tls {
     /// A server session under `config`; fails only for a config rustls
     /// cannot use, which the server checks at start-up.
     pub fn new(config: Arc<ServerConfig>) -> Result<Tls, rustls::Error> {
-        let mut conn = ServerConnection::new(config)?;
-        // What rustls buffers for sending is bounded by what we encrypt
-        // (MAX_CIPHERTEXT at a time); before the handshake completes
-        // nothing of ours is written at all.
-        conn.set_buffer_limit(Some(MAX_CIPHERTEXT));
         Ok(Tls {
-            conn,
+            conn: UnbufferedServerConnection::new(config)?,
+            incoming: Vec::new(),
+            outgoing: Vec::new(),
             inflight: Bytes::new(),
             close_notify_sent: false,
             read_size: 0,
@@ -96,54 +113,126 @@ impl Tls {
         self.conn.is_handshaking()
     }
 
-    /// Decrypt `ciphertext` and append the plaintext to `plain` through
-    /// `append` (the engine's read buffer). Never given an empty slice:
-    /// rustls takes a zero-length read for the end of the stream.
-    pub fn feed(&mut self, mut ciphertext: &[u8], mut append: impl FnMut(&[u8])) -> Fed {
-        while !ciphertext.is_empty() {
-            match self.conn.read_tls(&mut ciphertext) {
-                Ok(0) => return Fed::Closed,
-                Ok(_) => {}
-                // Backpressure inside rustls (its buffers are full until
-                // processed and drained, which the loop does next); any
-                // other error cannot come from reading a slice.
-                Err(e) if e.kind() == io::ErrorKind::Other => {}
-                Err(_) => return Fed::Failed,
-            }
-            if self.conn.process_new_packets().is_err() {
-                return Fed::Failed;
-            }
-            if let Some(fed) = self.drain_plaintext(&mut append) {
-                return fed;
+    /// Decrypt `ciphertext` and hand the plaintext to `append` (the
+    /// engine's read buffer), in order.
+    pub fn feed(&mut self, ciphertext: &[u8], mut append: impl FnMut(&[u8])) -> Fed {
+        self.incoming.extend_from_slice(ciphertext);
+        // Every round consumes input, makes output or stops; a round per
+        // byte and a few more bounds it whatever the input is.
+        let mut fed = Fed::Ok;
+        for _ in 0..self.incoming.len() + 64 {
+            match self.round(&mut append) {
+                Next::Again => continue,
+                Next::Wait => break,
+                Next::Closed => {
+                    fed = Fed::Closed;
+                    break;
+                }
+                Next::Failed => {
+                    self.queue_alert();
+                    fed = Fed::Failed;
+                    break;
+                }
             }
         }
-        Fed::Ok
+        if self.incoming.is_empty() {
+            // Nothing partial is waiting: an idle connection keeps no
+            // receive buffer.
+            self.incoming = Vec::new();
+        }
+        fed
     }
 
-    /// Move received plaintext out; `Some` when the session ended.
-    fn drain_plaintext(&mut self, append: &mut impl FnMut(&[u8])) -> Option<Fed> {
-        let mut reader = self.conn.reader();
-        loop {
-            match reader.fill_buf() {
-                Ok([]) => return Some(Fed::Closed),
-                Ok(chunk) => {
-                    let n = chunk.len();
-                    append(chunk);
-                    reader.consume(n);
+    fn round(&mut self, append: &mut impl FnMut(&[u8])) -> Next {
+        let Tls {
+            conn,
+            incoming,
+            outgoing,
+            ..
+        } = self;
+        let UnbufferedStatus { mut discard, state } = conn.process_tls_records(incoming);
+        let next = match state {
+            Err(_) => Next::Failed,
+            Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                let mut next = Next::Again;
+                while let Some(record) = traffic.next_record() {
+                    match record {
+                        Ok(record) => {
+                            discard += record.discard;
+                            append(record.payload);
+                        }
+                        Err(_) => {
+                            next = Next::Failed;
+                            break;
+                        }
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-                // A TCP end without close_notify: the shell reports the
-                // end of the stream itself.
-                Err(_) => return Some(Fed::Closed),
+                next
             }
+            Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                grow_into(outgoing, |out| encode.encode(out).map_err(encode_size));
+                Next::Again
+            }
+            // The records stay in order in `outgoing` until written, so
+            // they count as sent from rustls's point of view.
+            Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                transmit.done();
+                Next::Again
+            }
+            Ok(ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_)) => Next::Wait,
+            Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Next::Closed,
+            // Early data is not enabled; anything new is not ours to take.
+            Ok(_) => Next::Failed,
+        };
+        incoming.drain(..discard.min(incoming.len()));
+        next
+    }
+
+    /// After a failure rustls has queued its alert: encode it to send.
+    fn queue_alert(&mut self) {
+        let Tls {
+            conn,
+            incoming,
+            outgoing,
+            ..
+        } = self;
+        // rustls hands out what it has queued to send before it looks at
+        // the input again, so this yields the alert and consumes nothing.
+        if let UnbufferedStatus {
+            state: Ok(ConnectionState::EncodeTlsData(mut encode)),
+            ..
+        } = conn.process_tls_records(incoming)
+        {
+            grow_into(outgoing, |out| encode.encode(out).map_err(encode_size));
         }
     }
 
     /// Encrypt plaintext for sending, what the output queue would send
-    /// next, in order. Returns how much was taken: rustls stops at its
-    /// buffer limit, and the rest stays queued for the next round.
+    /// next, in order. Returns how much was taken (nothing before the
+    /// handshake is done).
     pub fn encrypt(&mut self, plaintext: &[u8]) -> usize {
-        io::Write::write(&mut self.conn.writer(), plaintext).unwrap_or(0)
+        // The same input buffer every time (rustls keeps its place in
+        // it); after `feed` it holds at most part of a record, so this
+        // yields the writing state and consumes nothing.
+        let Tls {
+            conn,
+            incoming,
+            outgoing,
+            ..
+        } = self;
+        match conn.process_tls_records(incoming).state {
+            Ok(ConnectionState::WriteTraffic(mut traffic)) => {
+                let ok = grow_into(outgoing, |out| {
+                    traffic.encrypt(plaintext, out).map_err(encrypt_size)
+                });
+                if ok {
+                    plaintext.len()
+                } else {
+                    0
+                }
+            }
+            _ => 0,
+        }
     }
 
     /// How much more plaintext to encrypt now: nothing while the handshake
@@ -152,48 +241,104 @@ impl Tls {
         if self.conn.is_handshaking() || !self.inflight.is_empty() {
             0
         } else {
-            MAX_CIPHERTEXT
+            MAX_CIPHERTEXT.saturating_sub(self.outgoing.len())
         }
     }
 
     /// The next ciphertext to send (empty when there is none); the same
     /// bytes again until [`Tls::written`] reports them.
     pub fn transmit(&mut self) -> Bytes {
-        if self.inflight.is_empty() && self.conn.wants_write() {
-            let mut out = BytesMut::new().writer();
-            while self.conn.wants_write() {
-                // Writing into memory cannot fail.
-                if self.conn.write_tls(&mut out).is_err() {
-                    break;
-                }
-            }
-            self.inflight = out.into_inner().freeze();
+        if self.inflight.is_empty() && !self.outgoing.is_empty() {
+            self.inflight = Bytes::from(std::mem::take(&mut self.outgoing));
         }
         self.inflight.clone()
     }
 
     /// `n` bytes of the ciphertext from [`Tls::transmit`] were written.
     pub fn written(&mut self, n: usize) {
-        self.inflight.advance(n.min(self.inflight.len()));
+        let n = n.min(self.inflight.len());
+        let _ = self.inflight.split_to(n);
+        if self.inflight.is_empty() {
+            // An empty slice would still keep the written allocation.
+            self.inflight = Bytes::new();
+        }
     }
 
-    /// Ciphertext waiting to be written, encrypted or not yet.
+    /// Buffer memory held now: input waiting for the rest of a record and
+    /// output not yet written (none on an idle connection).
+    pub fn buffered_bytes(&self) -> usize {
+        self.incoming.capacity() + self.outgoing.capacity() + self.inflight.len()
+    }
+
+    /// Ciphertext waiting to be written.
     pub fn pending(&self) -> usize {
-        self.inflight.len() + usize::from(self.conn.wants_write())
+        self.inflight.len() + self.outgoing.len()
     }
 
-    /// Queue close_notify (RFC 8446 §6.1) once; true if it was queued now.
+    /// Queue close_notify (RFC 8446 §6.1) once; true if it was queued now
+    /// (not before the handshake is done, when there is no session to
+    /// close).
     pub fn close_notify(&mut self) -> bool {
-        if std::mem::replace(&mut self.close_notify_sent, true) {
+        if self.close_notify_sent {
             return false;
         }
-        self.conn.send_close_notify();
-        true
+        self.close_notify_sent = true;
+        let Tls {
+            conn,
+            incoming,
+            outgoing,
+            ..
+        } = self;
+        match conn.process_tls_records(incoming).state {
+            Ok(ConnectionState::WriteTraffic(mut traffic)) => grow_into(outgoing, |out| {
+                traffic.queue_close_notify(out).map_err(encrypt_size)
+            }),
+            _ => false,
+        }
     }
 
     /// The negotiated protocol version, for logs.
     pub fn version(&self) -> Option<rustls::ProtocolVersion> {
         self.conn.protocol_version()
+    }
+}
+
+/// Run `write` into the spare end of `out`, growing it to the size rustls
+/// asks for; false if it failed for another reason.
+fn grow_into(
+    out: &mut Vec<u8>,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
+) -> bool {
+    let start = out.len();
+    for _ in 0..4 {
+        match write(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return true;
+            }
+            Err(Some(required)) => out.resize(start + required, 0),
+            Err(None) => break,
+        }
+    }
+    out.truncate(start);
+    false
+}
+
+fn encode_size(e: EncodeError) -> Option<usize> {
+    match e {
+        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(required_size)
+        }
+        _ => None,
+    }
+}
+
+fn encrypt_size(e: EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(required_size)
+        }
+        _ => None,
     }
 }
 

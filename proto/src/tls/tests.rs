@@ -326,3 +326,26 @@ fn a_read_that_would_block_keeps_the_plaintext_already_buffered() {
     p.pump();
     assert_eq!(frames(&p.got), vec![(0x82, vec![7u8; 3000])]);
 }
+
+#[test]
+fn an_idle_wss_connection_holds_no_tls_buffer() {
+    let mut p = Pair::open(Config::default());
+    p.send(&frame(OpCode::Binary, &[5u8; 40_000]));
+    assert_eq!(frames(&p.got).len(), 1);
+    assert_eq!(p.conn.tls_buffered_bytes(), 0);
+    // Half a record waits for its rest, and only until then.
+    let mut out = Vec::new();
+    std::io::Write::write_all(&mut p.client.writer(), &frame(OpCode::Text, b"split")).unwrap();
+    p.client.write_tls(&mut out).unwrap();
+    let mut buf = p.conn.read_buffer();
+    buf.extend_from_slice(&out[..out.len() / 2]);
+    let n = buf.len();
+    p.conn.handle_read(buf, n, p.now);
+    assert!(p.conn.tls_buffered_bytes() > 0);
+    let mut buf = p.conn.read_buffer();
+    buf.extend_from_slice(&out[out.len() / 2..]);
+    let n = buf.len();
+    p.conn.handle_read(buf, n, p.now);
+    p.pump();
+    assert_eq!(p.conn.tls_buffered_bytes(), 0);
+}
