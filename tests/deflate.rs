@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{read_head, upgrade_request, Ringecho};
+use common::{read_head, read_raw_close, read_raw_frame, upgrade_request, Ringecho};
 use flate2::{Compress, Compression, FlushCompress};
 
 /// Run a `websockets` client script against `url`; returns its stdout
@@ -149,37 +149,6 @@ fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
     v
 }
 
-/// One server frame: (first byte, payload).
-fn read_raw_frame(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h).ok()?;
-    let len = match h[1] & 0x7F {
-        126 => {
-            let mut b = [0u8; 2];
-            s.read_exact(&mut b).ok()?;
-            u64::from(u16::from_be_bytes(b))
-        }
-        127 => {
-            let mut b = [0u8; 8];
-            s.read_exact(&mut b).ok()?;
-            u64::from_be_bytes(b)
-        }
-        n => u64::from(n),
-    };
-    let mut payload = vec![0u8; len as usize];
-    s.read_exact(&mut payload).ok()?;
-    Some((h[0], payload))
-}
-
-fn close_code(s: &mut TcpStream) -> Option<u16> {
-    loop {
-        let (b0, payload) = read_raw_frame(s)?;
-        if b0 & 0x0F == 0x8 {
-            return payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-        }
-    }
-}
-
 #[test]
 fn a_compressed_message_comes_back_byte_for_byte_with_rsv1_on_its_first_frame_section_6() {
     let server = Ringecho::start(&["--permessage-deflate"]);
@@ -280,13 +249,13 @@ fn corrupt_data_and_invalid_utf8_inside_compressed_text_close_with_1007() {
     let server = Ringecho::start(&["--permessage-deflate"]);
     let (mut s, _) = raw(&server, "permessage-deflate");
     s.write_all(&frame(0xC2, &[0xFF, 0xFF, 0xFF])).unwrap();
-    assert_eq!(close_code(&mut s), Some(1007));
+    assert_eq!(read_raw_close(&mut s), Some(1007));
 
     let (mut s, _) = raw(&server, "permessage-deflate");
     let mut bad = b"valid so far, then ".to_vec();
     bad.push(0xC0);
     s.write_all(&frame(0xC1, &compress(&bad))).unwrap();
-    assert_eq!(close_code(&mut s), Some(1007));
+    assert_eq!(read_raw_close(&mut s), Some(1007));
 }
 
 #[test]
@@ -295,16 +264,16 @@ fn rsv1_on_a_continuation_or_a_ping_closes_with_1002_section_6() {
     let (mut s, _) = raw(&server, "permessage-deflate");
     s.write_all(&[frame(0x01, b"a"), frame(0xC0, b"b")].concat())
         .unwrap();
-    assert_eq!(close_code(&mut s), Some(1002));
+    assert_eq!(read_raw_close(&mut s), Some(1002));
     let (mut s, _) = raw(&server, "permessage-deflate");
     s.write_all(&frame(0xC9, b"")).unwrap();
-    assert_eq!(close_code(&mut s), Some(1002));
+    assert_eq!(read_raw_close(&mut s), Some(1002));
     // Declined: RSV1 is reserved again (RFC 6455 §5.2).
     let server = Ringecho::start(&[]);
     let (mut s, agreed) = raw(&server, "permessage-deflate");
     assert_eq!(agreed, None);
     s.write_all(&frame(0xC1, &compress(b"x"))).unwrap();
-    assert_eq!(close_code(&mut s), Some(1002));
+    assert_eq!(read_raw_close(&mut s), Some(1002));
 }
 
 #[test]

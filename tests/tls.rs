@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::browser::{assert_echo_page_worked, echo_page_output};
-use common::{client_frame, upgrade_request, Ringecho};
+use common::{client_frame, read_raw_close, read_raw_frame, upgrade_request, Ringecho};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -96,46 +96,15 @@ fn wss(addr: SocketAddr) -> Wss {
     s
 }
 
-/// One server frame: (first byte, payload); `None` at the end.
-fn read_frame(s: &mut impl Read) -> Option<(u8, Vec<u8>)> {
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h).ok()?;
-    let len = match h[1] & 0x7F {
-        126 => {
-            let mut b = [0u8; 2];
-            s.read_exact(&mut b).ok()?;
-            u64::from(u16::from_be_bytes(b))
-        }
-        127 => {
-            let mut b = [0u8; 8];
-            s.read_exact(&mut b).ok()?;
-            u64::from_be_bytes(b)
-        }
-        n => u64::from(n),
-    };
-    let mut payload = vec![0u8; len as usize];
-    s.read_exact(&mut payload).ok()?;
-    Some((h[0], payload))
-}
-
 fn read_message(s: &mut impl Read) -> Option<(u8, Vec<u8>)> {
-    let (mut b0, mut payload) = read_frame(s)?;
+    let (mut b0, mut payload) = read_raw_frame(s)?;
     let op = b0 & 0x0F;
     while b0 & 0x80 == 0 {
-        let (b, more) = read_frame(s)?;
+        let (b, more) = read_raw_frame(s)?;
         payload.extend(more);
         b0 = b;
     }
     Some((op, payload))
-}
-
-fn close_code(s: &mut impl Read) -> Option<u16> {
-    loop {
-        let (b0, p) = read_frame(s)?;
-        if b0 & 0x0F == 0x8 {
-            return p.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-        }
-    }
 }
 
 #[test]
@@ -149,7 +118,7 @@ fn a_rustls_client_gets_its_echo_its_close_and_its_limits_over_wss() {
     }
     s.write_all(&client_frame(true, 0x8, &1000u16.to_be_bytes()))
         .unwrap();
-    assert_eq!(close_code(&mut s), Some(1000));
+    assert_eq!(read_raw_close(&mut s), Some(1000));
     // Then close_notify (RFC 8446 §6.1): a clean end, not a truncation.
     let mut rest = Vec::new();
     assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
@@ -158,7 +127,7 @@ fn a_rustls_client_gets_its_echo_its_close_and_its_limits_over_wss() {
     let mut s = wss(server.addr);
     s.write_all(&client_frame(true, 0x2, &vec![1u8; 300 * 1024]))
         .unwrap();
-    assert_eq!(close_code(&mut s), Some(1009));
+    assert_eq!(read_raw_close(&mut s), Some(1009));
     let t = server.wait_stats(Duration::from_secs(5), |t| t["active"] == 0);
     assert_eq!(t["upgraded"], 2);
     assert_eq!(t["tls_failed"], 0);

@@ -391,3 +391,37 @@ pub fn read_message(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
     }
     Some((opcode, payload))
 }
+
+/// One server frame with its first byte as sent (FIN, RSV bits, opcode),
+/// from any stream (TLS included): (first byte, payload). None at the end.
+pub fn read_raw_frame(s: &mut impl Read) -> Option<(u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).ok()?;
+    let len = match h[1] & 0x7F {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).ok()?;
+            u64::from(u16::from_be_bytes(b))
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).ok()?;
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; len as usize];
+    s.read_exact(&mut payload).ok()?;
+    Some((h[0], payload))
+}
+
+/// Read frames until a close; returns its code (None for an empty close
+/// or the end of the stream).
+pub fn read_raw_close(s: &mut impl Read) -> Option<u16> {
+    loop {
+        let (b0, p) = read_raw_frame(s)?;
+        if b0 & 0x0F == 0x8 {
+            return p.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+        }
+    }
+}
