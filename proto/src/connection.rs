@@ -495,22 +495,13 @@ impl Connection {
         batch.clear();
         // Encrypt what the queue would send next, in its order, whole
         // entries only, while rustls has room.
-        let room = tls.room();
-        if room > 0 && self.out.has_pending() {
-            let mut plain = Vec::new();
+        if tls.room() > 0 && self.out.has_pending() {
+            let mut plain = std::mem::take(&mut tls.plain);
             self.out.fill_batch(&mut plain, max.max(1));
-            let mut taken = 0;
-            for b in &plain {
-                if taken >= room {
-                    break;
-                }
-                let n = tls.encrypt(b);
-                taken += n;
-                if n < b.len() {
-                    break;
-                }
-            }
-            drop(plain);
+            let taken = tls.encrypt(&plain);
+            // Drop the references now: the queue reclaims what is sent.
+            plain.clear();
+            tls.plain = plain;
             self.out.advance(taken);
         }
         let ciphertext = tls.transmit();

@@ -52,6 +52,9 @@ pub struct Tls {
     inflight: Bytes,
     /// Our close_notify has been queued.
     close_notify_sent: bool,
+    /// The output queue's slices being encrypted, kept for its capacity
+    /// (empty between calls).
+    pub(crate) plain: Vec<Bytes>,
     /// The next ciphertext read's size: from the smallest read buffer,
     /// doubling while reads fill it, halving when they come in small.
     read_size: u32,
@@ -86,6 +89,7 @@ impl Tls {
             outgoing: Vec::new(),
             inflight: Bytes::new(),
             close_notify_sent: false,
+            plain: Vec::new(),
             read_size: 0,
         })
     }
@@ -207,10 +211,11 @@ impl Tls {
         }
     }
 
-    /// Encrypt plaintext for sending, what the output queue would send
-    /// next, in order. Returns how much was taken (nothing before the
-    /// handshake is done).
-    pub fn encrypt(&mut self, plaintext: &[u8]) -> usize {
+    /// Encrypt the output queue's next slices, in order, whole, while
+    /// there is [`Tls::room`]. Returns how many bytes were taken (nothing
+    /// before the handshake is done).
+    pub fn encrypt(&mut self, slices: &[Bytes]) -> usize {
+        let room = self.room();
         // The same input buffer every time (rustls keeps its place in
         // it); after `feed` it holds at most part of a record, so this
         // yields the writing state and consumes nothing.
@@ -222,14 +227,18 @@ impl Tls {
         } = self;
         match conn.process_tls_records(incoming).state {
             Ok(ConnectionState::WriteTraffic(mut traffic)) => {
-                let ok = grow_into(outgoing, |out| {
-                    traffic.encrypt(plaintext, out).map_err(encrypt_size)
-                });
-                if ok {
-                    plaintext.len()
-                } else {
-                    0
+                let mut taken = 0;
+                for plaintext in slices {
+                    if taken >= room
+                        || !grow_into(outgoing, |out| {
+                            traffic.encrypt(plaintext, out).map_err(encrypt_size)
+                        })
+                    {
+                        break;
+                    }
+                    taken += plaintext.len();
                 }
+                taken
             }
             _ => 0,
         }
