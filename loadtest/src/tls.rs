@@ -123,10 +123,11 @@ fn provider(kx: Kx) -> CryptoProvider {
 pub fn client_config(opts: &TlsOptions) -> Result<ClientConfig, String> {
     let provider = Arc::new(provider(opts.kx));
     let algs = provider.signature_verification_algorithms;
-    let verifier: Arc<dyn ServerCertVerifier> = match &opts.trust {
-        Trust::Insecure => Arc::new(AnyCertificate { algs }),
-        Trust::Ca(path) => Arc::new(CaOrPinned::new(path, Arc::clone(&provider))?),
+    let chain = match &opts.trust {
+        Trust::Insecure => None,
+        Trust::Ca(path) => Some(CaOrPinned::new(path, Arc::clone(&provider))?),
     };
+    let verifier: Arc<dyn ServerCertVerifier> = Arc::new(Verifier { chain, algs });
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS configuration: {e}"))?
@@ -165,7 +166,6 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
 struct CaOrPinned {
     webpki: Arc<WebPkiServerVerifier>,
     pinned: Vec<CertificateDer<'static>>,
-    algs: WebPkiSupportedAlgorithms,
 }
 
 impl CaOrPinned {
@@ -181,19 +181,29 @@ impl CaOrPinned {
                 )
             })?;
         }
-        let algs = provider.signature_verification_algorithms;
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .map_err(|e| format!("--ca {}: {e}", path.display()))?;
         Ok(CaOrPinned {
             webpki,
             pinned: certs,
-            algs,
         })
     }
 }
 
-impl ServerCertVerifier for CaOrPinned {
+/// The client's certificate check: `--ca` ([`CaOrPinned`]), or with
+/// `--insecure` no judgement of the certificate itself (issuer, name,
+/// dates). Either way the server must prove it holds the certificate's
+/// key: its handshake signature (RFC 8446 §4.4.3 CertificateVerify; in TLS
+/// 1.2 the ServerKeyExchange signature) is verified as usual, so the
+/// benchmark does all the client work a real client does but the chain.
+#[derive(Debug)]
+struct Verifier {
+    chain: Option<CaOrPinned>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -202,7 +212,10 @@ impl ServerCertVerifier for CaOrPinned {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let err = match self.webpki.verify_server_cert(
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let err = match chain.webpki.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
@@ -219,7 +232,7 @@ impl ServerCertVerifier for CaOrPinned {
             )
         );
         if !overridable
-            || !self
+            || !chain
                 .pinned
                 .iter()
                 .any(|p| p.as_ref() == end_entity.as_ref())
@@ -228,51 +241,6 @@ impl ServerCertVerifier for CaOrPinned {
         }
         let parsed = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_name(&parsed, server_name)?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-/// `--insecure`: no judgement of the certificate itself (issuer, name,
-/// dates), but the server must still prove it holds the certificate's key:
-/// its handshake signature (RFC 8446 §4.4.3 CertificateVerify; in TLS 1.2
-/// the ServerKeyExchange signature) is verified as usual, so the
-/// benchmark does all the client work a real client does but the chain.
-#[derive(Debug)]
-struct AnyCertificate {
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
 

@@ -58,19 +58,8 @@ fn start(
 
 pub fn run(plan: Plan) -> Stats {
     let mut stats = Stats::new();
-    if let Some(cpu) = plan.pin {
-        if let Err(e) = crate::affinity::pin_current_thread(&[cpu]) {
-            eprintln!("loadtest: cannot pin a client thread to CPU {cpu}: {e}");
-        }
-    }
-    let mut poll = match Poll::new() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("loadtest: epoll: {e}");
-            stats.error(ErrorKind::ConnectFailed, plan.conns.len() as u64);
-            plan.barrier.wait();
-            return stats;
-        }
+    let Some(mut poll) = plan.start_thread(&mut stats) else {
+        return stats;
     };
     let args = Arc::clone(&plan.args);
     let key: [u8; 4] = std::array::from_fn(|_| fastrand::u8(..));

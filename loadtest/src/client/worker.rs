@@ -208,21 +208,32 @@ impl Opener {
     }
 }
 
-pub fn run(plan: Plan) -> Stats {
-    let mut stats = Stats::new();
-    if let Some(cpu) = plan.pin {
-        if let Err(e) = crate::affinity::pin_current_thread(&[cpu]) {
-            eprintln!("loadtest: cannot pin a client thread to CPU {cpu}: {e}");
+impl Plan {
+    /// What every client thread does first: pin itself and make its epoll
+    /// instance. Without one, every connection of the thread is counted
+    /// failed and the others are not kept waiting at the barrier.
+    pub(super) fn start_thread(&self, stats: &mut Stats) -> Option<Poll> {
+        if let Some(cpu) = self.pin {
+            if let Err(e) = crate::affinity::pin_current_thread(&[cpu]) {
+                eprintln!("loadtest: cannot pin a client thread to CPU {cpu}: {e}");
+            }
+        }
+        match Poll::new() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("loadtest: epoll: {e}");
+                stats.error(ErrorKind::ConnectFailed, self.conns.len() as u64);
+                self.barrier.wait();
+                None
+            }
         }
     }
-    let mut poll = match Poll::new() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("loadtest: epoll: {e}");
-            stats.error(ErrorKind::ConnectFailed, plan.conns.len() as u64);
-            plan.barrier.wait();
-            return stats;
-        }
+}
+
+pub fn run(plan: Plan) -> Stats {
+    let mut stats = Stats::new();
+    let Some(mut poll) = plan.start_thread(&mut stats) else {
+        return stats;
     };
     let args = &plan.args;
     let key: [u8; 4] = std::array::from_fn(|_| fastrand::u8(..));
