@@ -29,6 +29,7 @@ use crate::message::{self, Session};
 use crate::out_queue::{CloseOrder, OutQueue};
 pub use crate::read_buffer::ADOPT_HEADROOM;
 use crate::read_buffer::{Flow, ReadBuffer, ReadSizing};
+use crate::tls::kernel::{KernelSupport, KernelTls, Received, TlsCommand, APPLICATION_DATA};
 use crate::tls::{Fed, Tls};
 use crate::HandshakeError;
 
@@ -57,6 +58,10 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Whether to agree to permessage-deflate, and on what (RFC 7692).
     pub deflate: Policy,
+    /// What the kernel's TLS takes (the shell finds out at start-up): a
+    /// wss:// session that negotiated one of these goes to the kernel once
+    /// its handshake is done. Empty keeps TLS in user space.
+    pub kernel_tls: KernelSupport,
 }
 
 impl Default for Config {
@@ -75,6 +80,7 @@ impl Default for Config {
             subprotocols: Vec::new(),
             allowed_origins: Vec::new(),
             deflate: Policy::Off,
+            kernel_tls: KernelSupport::NONE,
         }
     }
 }
@@ -202,6 +208,11 @@ struct Rare {
     http: Option<HttpRequest>,
     /// The client address a proxy reported in the handshake.
     forwarded_for: Option<String>,
+    /// wss:// with the kernel's record layer: the session rustls handed over.
+    kernel_tls: Option<KernelTls>,
+    /// The session stays in user space for good (a cipher the kernel does
+    /// not take, or the connection ended before it could pass).
+    kernel_declined: bool,
 }
 
 /// A connection's life in figures, for a log line when it ends.
@@ -269,7 +280,112 @@ impl Connection {
     /// Whether this connection speaks TLS, and whether its handshake is
     /// done: `None` for a plain one.
     pub fn tls_handshaking(&self) -> Option<bool> {
-        self.tls.as_ref().map(|t| t.is_handshaking())
+        match &self.tls {
+            Some(t) => Some(t.is_handshaking()),
+            None => self.kernel_tls().then_some(false),
+        }
+    }
+
+    /// Whether the kernel holds this connection's TLS record layer.
+    pub fn kernel_tls(&self) -> bool {
+        self.kernel().is_some()
+    }
+
+    fn kernel(&self) -> Option<&KernelTls> {
+        self.rare.as_ref().and_then(|r| r.kernel_tls.as_ref())
+    }
+
+    fn kernel_mut(&mut self) -> Option<&mut KernelTls> {
+        self.rare.as_mut().and_then(|r| r.kernel_tls.as_mut())
+    }
+
+    /// True while this connection's TLS may still pass to the kernel: the
+    /// shell then keeps at most one read in flight, so that it can call
+    /// [`Connection::poll_tls_command`] between reads.
+    pub fn tls_hand_off_pending(&self) -> bool {
+        self.tls.is_some()
+            && !self.cfg.kernel_tls.is_empty()
+            && !self.rare.as_ref().is_some_and(|r| r.kernel_declined)
+    }
+
+    /// The next thing to do on the socket for TLS in the kernel, in order;
+    /// call with no read in flight (a send may be: the kernel orders each
+    /// record and key change by when it is made). The first is the
+    /// [`TlsCommand::Attach`] that hands the session over, at the first
+    /// record boundary after the TLS handshake.
+    pub fn poll_tls_command(&mut self) -> Option<TlsCommand> {
+        if self.tls_hand_off_pending() {
+            self.try_hand_off();
+        }
+        let command = self.kernel_mut()?.commands.pop_front();
+        if command.is_some() {
+            self.settle();
+        }
+        command
+    }
+
+    fn try_hand_off(&mut self) {
+        let support = self.cfg.kernel_tls;
+        let Some(tls) = &self.tls else {
+            return;
+        };
+        let decline = match tls.kernel_can_take(support) {
+            None => return,
+            Some(false) => true,
+            // A session that is ending finishes where it is.
+            Some(true) => !matches!(self.state, State::Handshake | State::Open),
+        };
+        if decline {
+            self.rare.get_or_insert_default().kernel_declined = true;
+            return;
+        }
+        if !tls.between_records() {
+            return;
+        }
+        let Some(tls) = self.tls.take() else {
+            return;
+        };
+        match tls.into_kernel(support) {
+            Ok(kernel) => self.rare.get_or_insert_default().kernel_tls = Some(kernel),
+            // rustls refuses only a state the checks above rule out; the
+            // session is gone with it, so the connection is too.
+            Err(_) => self.state = State::Done,
+        }
+    }
+
+    /// A [`TlsCommand`] could not be carried out (the kernel refused a
+    /// key): the session cannot go on, and the socket is cut.
+    pub fn tls_command_failed(&mut self) {
+        if let Some(k) = self.kernel_mut() {
+            k.commands.clear();
+        }
+        self.state = State::Done;
+    }
+
+    /// With TLS in the kernel: a record it would not hand over as data,
+    /// read with its content type (an alert, a KeyUpdate, a renegotiation
+    /// attempt).
+    pub fn handle_tls_record(&mut self, content_type: u8, payload: &[u8], now: Instant) {
+        let bytes_read = self.bytes.0;
+        if content_type == APPLICATION_DATA {
+            self.bytes.0 += payload.len() as u64;
+            let session =
+                matches!(self.state, State::Open | State::ServerClosing).then_some(&self.session);
+            self.rb.append(payload, session, &mut self.out);
+            return self.after_plaintext(Fed::Ok, now);
+        }
+        let Some(kernel) = self.kernel_mut() else {
+            return;
+        };
+        let fed = match kernel.received(content_type, payload, bytes_read) {
+            Received::Ok => Fed::Ok,
+            Received::Closed => Fed::Closed,
+            Received::Failed => Fed::Failed,
+        };
+        self.last_read = now;
+        self.ping_at = None;
+        self.tls_said(fed, now);
+        self.settle();
     }
 
     /// True while the engine wants a read in flight.
@@ -412,6 +528,12 @@ impl Connection {
             }
             None => Fed::Ok,
         };
+        self.after_plaintext(fed, now);
+    }
+
+    /// Decrypted input is in the read buffer: go on as a plain connection
+    /// does with what it read, then act on what TLS said.
+    fn after_plaintext(&mut self, fed: Fed, now: Instant) {
         match self.state {
             State::Handshake if !self.rb.unprocessed().is_empty() => self.handshake(now),
             State::Handshake => {}
@@ -425,17 +547,21 @@ impl Connection {
                 self.count_linger_read();
             }
         }
+        self.tls_said(fed, now);
+        self.settle();
+    }
+
+    fn tls_said(&mut self, fed: Fed, now: Instant) {
         match fed {
             Fed::Ok => {}
             Fed::Closed => self.peer_gone(now),
             Fed::Failed => {
-                // rustls has queued its alert: send it, then close.
+                // Our alert, if any, is queued: send it, then close.
                 self.events |= EV_TLS_FAILED;
                 self.backlog = false;
                 self.begin_ending(State::Gone, now);
             }
         }
-        self.settle();
     }
 
     /// The peer's stream ended (or a receive failed): nothing more will
@@ -698,6 +824,19 @@ impl Connection {
         self.tls.as_ref().map_or(0, |t| t.buffered_bytes())
     }
 
+    fn tls_commands_pending(&self) -> bool {
+        self.kernel().is_some_and(|k| !k.commands.is_empty())
+    }
+
+    /// Queue our close_notify once, in user space or through the kernel;
+    /// true if it was queued now.
+    fn close_notify(&mut self) -> bool {
+        match &mut self.tls {
+            Some(t) => t.close_notify(),
+            None => self.kernel_mut().is_some_and(|k| k.close_notify()),
+        }
+    }
+
     /// Whether permessage-deflate was agreed in the handshake.
     pub fn deflate_agreed(&self) -> bool {
         self.session.deflate_agreed()
@@ -721,7 +860,9 @@ impl Connection {
     }
 
     fn output_pending(&self) -> bool {
-        self.out.has_pending() || self.tls.as_ref().is_some_and(|t| t.pending() > 0)
+        self.out.has_pending()
+            || self.tls.as_ref().is_some_and(|t| t.pending() > 0)
+            || self.tls_commands_pending()
     }
 
     fn handshake(&mut self, now: Instant) {
@@ -862,13 +1003,14 @@ impl Connection {
         if self.output_pending() {
             return;
         }
-        match self.state {
+        let state = self.state;
+        match state {
             // RFC 8446 §6.1: our side of a TLS session ends with
             // close_notify, written before the socket is shut or closed.
-            State::PeerClosed if self.tls.as_mut().is_some_and(|t| t.close_notify()) => {}
+            State::PeerClosed if self.close_notify() => {}
             State::PeerClosed | State::Gone => self.state = State::Done,
             State::Failed | State::Responding if !self.half_closed && !self.http_waiting() => {
-                if self.tls.as_mut().is_some_and(|t| t.close_notify()) {
+                if self.close_notify() {
                     return;
                 }
                 self.half_closed = true;

@@ -21,6 +21,10 @@ use rustls::ServerConfig;
 
 use crate::read_buffer::ReadSizing;
 
+pub mod kernel;
+
+use kernel::{Cipher, KernelSupport, KernelTls, Version};
+
 /// Ciphertext encrypted ahead of what the shell has written: about four
 /// full records.
 pub const MAX_CIPHERTEXT: usize = 64 * 1024;
@@ -309,6 +313,52 @@ impl Tls {
     /// The negotiated protocol version, for logs.
     pub fn version(&self) -> Option<rustls::ProtocolVersion> {
         self.conn.protocol_version()
+    }
+
+    /// Whether the kernel can take this session: `None` while the
+    /// handshake runs, then whether it negotiated a version and cipher
+    /// that `support` lists.
+    pub fn kernel_can_take(&self, support: KernelSupport) -> Option<bool> {
+        if self.conn.is_handshaking() {
+            return None;
+        }
+        let version = match self.conn.protocol_version()? {
+            rustls::ProtocolVersion::TLSv1_2 => Version::Tls12,
+            rustls::ProtocolVersion::TLSv1_3 => Version::Tls13,
+            _ => return Some(false),
+        };
+        let cipher = kernel_cipher(self.conn.negotiated_cipher_suite()?.suite());
+        Some(cipher.is_some_and(|c| support.allows(version, c)))
+    }
+
+    /// Whether the session is between records both ways: nothing partial
+    /// received, no ciphertext unwritten, no close_notify queued. Only then
+    /// do the kernel's sequence numbers continue exactly where ours stop.
+    pub fn between_records(&self) -> bool {
+        self.incoming.is_empty() && self.pending() == 0 && !self.close_notify_sent
+    }
+
+    /// Hand the record layer to the kernel (see [`kernel`]); call only
+    /// when [`Tls::kernel_can_take`] and [`Tls::between_records`] say so.
+    pub fn into_kernel(self, support: KernelSupport) -> Result<KernelTls, rustls::Error> {
+        KernelTls::new(self.conn, support)
+    }
+}
+
+/// The AEAD of a suite the kernel's record layer may implement.
+fn kernel_cipher(suite: rustls::CipherSuite) -> Option<Cipher> {
+    use rustls::CipherSuite as S;
+    match suite {
+        S::TLS13_AES_128_GCM_SHA256
+        | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => Some(Cipher::Aes128Gcm),
+        S::TLS13_AES_256_GCM_SHA384
+        | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => Some(Cipher::Aes256Gcm),
+        S::TLS13_CHACHA20_POLY1305_SHA256
+        | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => Some(Cipher::Chacha20Poly1305),
+        _ => None,
     }
 }
 

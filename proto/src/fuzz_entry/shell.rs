@@ -174,6 +174,7 @@ pub(super) fn run(data: &[u8]) -> Outcome {
         subprotocols: vec!["chat".into()],
         allowed_origins: vec!["http://example.com".into()],
         deflate: crate::deflate::Policy::Off,
+        kernel_tls: crate::tls::kernel::KernelSupport::NONE,
     });
     let mut shell = Shell::new(cfg, [1, 3, 16, 256][usize::from(setup >> 6)]);
     // How reads arrive (from the input's length, so seeds keep their

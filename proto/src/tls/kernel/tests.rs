@@ -1,0 +1,451 @@
+//! The hand-over to the kernel's record layer and what the engine still
+//! decides after it, against an in-memory rustls client. The kernel itself
+//! is not here: after the hand-over both sides speak plaintext, and the
+//! keys are checked against the client's own.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, ConnectionTrafficSecrets, RootCertStore};
+
+use super::*;
+use crate::connection::{Config, Connection, Event};
+use crate::frame::{encode_client_frame, OpCode};
+
+const CA: &[u8] = include_bytes!("../../../../tests/data/tls/ca.pem");
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+fn every_suite() -> KernelSupport {
+    let mut s = KernelSupport::NONE;
+    for v in [Version::Tls12, Version::Tls13] {
+        for c in Cipher::ALL {
+            s = s.with(v, c);
+        }
+    }
+    s
+}
+
+fn client(version: &'static rustls::SupportedProtocolVersion) -> ClientConnection {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(CA) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.enable_secret_extraction = true;
+    ClientConnection::new(Arc::new(c), ServerName::try_from("localhost").unwrap()).unwrap()
+}
+
+/// A wss:// connection taken up to the hand-over, in reads of `piece`
+/// bytes at most.
+struct Handed {
+    conn: Connection,
+    client: ClientConnection,
+    now: Instant,
+    attach: Option<TlsCommand>,
+    /// Client ciphertext the engine never read (none when handed over at
+    /// a record boundary).
+    unread: Vec<u8>,
+}
+
+fn hand_over(
+    version: &'static rustls::SupportedProtocolVersion,
+    support: KernelSupport,
+    piece: usize,
+) -> Handed {
+    let now = Instant::now();
+    let mut server_cfg = (*crate::tls::tests::server_config()).clone();
+    server_cfg.enable_secret_extraction = true;
+    let cfg = Config {
+        kernel_tls: support,
+        ..Config::default()
+    };
+    let mut conn = Connection::with_tls(Arc::new(cfg), Arc::new(server_cfg), now).unwrap();
+    let mut client = client(version);
+    let mut to_server = Vec::new();
+    let mut attach = None;
+    let mut batch = Vec::new();
+    for _ in 0..1000 {
+        while client.wants_write() {
+            client.write_tls(&mut to_server).unwrap();
+        }
+        // The shell's loop: a command between reads, then one read.
+        if let Some(cmd) = conn.poll_tls_command() {
+            attach = Some(cmd);
+            break;
+        }
+        let mut moved = false;
+        if !to_server.is_empty() && conn.wants_read() {
+            let mut buf = conn.read_buffer();
+            let n = to_server.len().min(buf.capacity()).min(piece);
+            buf.extend_from_slice(&to_server[..n]);
+            to_server.drain(..n);
+            conn.handle_read(buf, n, now);
+            moved = true;
+        }
+        conn.poll_transmit(&mut batch, 64);
+        let n: usize = batch.iter().map(|b| b.len()).sum();
+        for b in &batch {
+            let mut s = &b[..];
+            while !s.is_empty() {
+                client.read_tls(&mut s).unwrap();
+                client.process_new_packets().unwrap();
+            }
+        }
+        if n > 0 {
+            conn.handle_written(n, now);
+            moved = true;
+        }
+        if !moved && !client.wants_write() {
+            break;
+        }
+    }
+    Handed {
+        conn,
+        client,
+        now,
+        attach,
+        unread: to_server,
+    }
+}
+
+fn same_key(ours: &KernelKey, seq: u64, theirs: &ConnectionTrafficSecrets) -> bool {
+    let (key, iv) = match theirs {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key.as_ref(), iv.as_ref()),
+        _ => return false,
+    };
+    ours.seq == seq && ours.key() == key && ours.iv() == iv
+}
+
+/// Plaintext out of the engine, as the kernel would take it.
+fn drain(conn: &mut Connection, now: Instant) -> Vec<u8> {
+    let mut wire = Vec::new();
+    let mut batch = Vec::new();
+    for _ in 0..1000 {
+        conn.poll_transmit(&mut batch, 64);
+        if batch.is_empty() {
+            break;
+        }
+        let n: usize = batch.iter().map(|b| b.len()).sum();
+        batch.iter().for_each(|b| wire.extend_from_slice(b));
+        conn.handle_written(n, now);
+    }
+    wire
+}
+
+fn feed(conn: &mut Connection, mut plain: &[u8], now: Instant) {
+    while !plain.is_empty() && conn.wants_read() {
+        let mut buf = conn.read_buffer();
+        let n = plain.len().min(buf.capacity() - buf.len());
+        buf.extend_from_slice(&plain[..n]);
+        plain = &plain[n..];
+        conn.handle_read(buf, n, now);
+    }
+    assert!(plain.is_empty(), "the engine took all the input");
+}
+
+/// A connection in the kernel's hands, upgraded.
+fn open_in_kernel() -> (Connection, Instant) {
+    let mut h = hand_over(&rustls::version::TLS13, every_suite(), usize::MAX);
+    assert!(matches!(h.attach, Some(TlsCommand::Attach { .. })));
+    feed(&mut h.conn, REQUEST, h.now);
+    let out = drain(&mut h.conn, h.now);
+    assert!(out.starts_with(b"HTTP/1.1 101 "), "{out:?}");
+    assert_eq!(h.conn.poll_event(), Some(Event::Upgraded));
+    (h.conn, h.now)
+}
+
+#[test]
+fn the_hand_over_gives_the_kernel_the_keys_and_sequence_numbers_the_client_uses() {
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let h = hand_over(version, every_suite(), usize::MAX);
+        assert!(h.unread.is_empty());
+        let Some(TlsCommand::Attach { send, receive }) = h.attach else {
+            panic!("no hand-over: {:?}", h.attach);
+        };
+        assert!(h.conn.kernel_tls());
+        assert!(!h.conn.tls_hand_off_pending());
+        assert_eq!(h.conn.tls_buffered_bytes(), 0);
+        #[allow(deprecated)]
+        let secrets = h.client.dangerous_extract_secrets().unwrap();
+        // What we send, the client receives, and the other way round.
+        assert!(same_key(&send, secrets.rx.0, &secrets.rx.1), "{send:?}");
+        assert!(
+            same_key(&receive, secrets.tx.0, &secrets.tx.1),
+            "{receive:?}"
+        );
+        let wire = if version == &rustls::version::TLS13 {
+            0x0304
+        } else {
+            0x0303
+        };
+        assert_eq!(send.version.wire(), wire);
+    }
+}
+
+#[test]
+fn a_suite_the_kernel_does_not_take_stays_in_user_space_for_good() {
+    let only_chacha = KernelSupport::NONE.with(Version::Tls13, Cipher::Chacha20Poly1305);
+    // The client prefers AES-GCM, which this kernel lacks.
+    let mut h = hand_over(&rustls::version::TLS13, only_chacha, usize::MAX);
+    assert!(h.attach.is_none());
+    assert!(!h.conn.kernel_tls());
+    assert!(!h.conn.tls_hand_off_pending(), "decided once, not retried");
+    assert!(h.conn.poll_tls_command().is_none());
+    assert_eq!(h.conn.tls_handshaking(), Some(false));
+}
+
+#[test]
+fn no_hand_over_is_offered_without_kernel_support() {
+    let h = hand_over(&rustls::version::TLS13, KernelSupport::NONE, usize::MAX);
+    assert!(h.attach.is_none());
+    assert!(!h.conn.tls_hand_off_pending());
+}
+
+#[test]
+fn the_hand_over_waits_for_a_record_boundary() {
+    // Reads of 7 bytes leave part of a record behind most of the time:
+    // the hand-over comes only when none is.
+    let h = hand_over(&rustls::version::TLS13, every_suite(), 7);
+    assert!(matches!(h.attach, Some(TlsCommand::Attach { .. })));
+    assert!(h.unread.is_empty());
+    #[allow(deprecated)]
+    let secrets = h.client.dangerous_extract_secrets().unwrap();
+    let Some(TlsCommand::Attach { receive, .. }) = h.attach else {
+        unreachable!()
+    };
+    assert!(same_key(&receive, secrets.tx.0, &secrets.tx.1));
+}
+
+#[test]
+fn after_the_hand_over_the_engine_echoes_plaintext_and_ends_with_close_notify() {
+    let (mut conn, now) = open_in_kernel();
+    let mut frame = Vec::new();
+    encode_client_frame(
+        true,
+        OpCode::Text,
+        [1, 2, 3, 4],
+        b"in the kernel",
+        &mut frame,
+    );
+    feed(&mut conn, &frame, now);
+    let out = drain(&mut conn, now);
+    assert_eq!(out, [&[0x81, 13][..], b"in the kernel"].concat());
+    let mut close = Vec::new();
+    encode_client_frame(
+        true,
+        OpCode::Close,
+        [9, 9, 9, 9],
+        &1000u16.to_be_bytes(),
+        &mut close,
+    );
+    feed(&mut conn, &close, now);
+    let out = drain(&mut conn, now);
+    assert_eq!(out, [0x88, 2, 0x03, 0xe8]);
+    // RFC 8446 §6.1: close_notify goes through the kernel as an alert
+    // record, after the close frame, and only then is the engine done.
+    assert!(!conn.is_done());
+    match conn.poll_tls_command() {
+        Some(TlsCommand::Record {
+            content_type: ALERT,
+            payload,
+        }) => assert_eq!(&payload[..], [WARNING, CLOSE_NOTIFY]),
+        other => panic!("{other:?}"),
+    }
+    assert!(conn.is_done());
+    assert!(conn.poll_tls_command().is_none());
+}
+
+#[test]
+fn the_peers_close_notify_ends_its_input() {
+    let (mut conn, now) = open_in_kernel();
+    conn.handle_tls_record(ALERT, &[WARNING, CLOSE_NOTIFY], now);
+    assert!(conn.is_done());
+    assert!(conn.poll_tls_command().is_none(), "nothing to answer");
+}
+
+#[test]
+fn a_fatal_alert_from_the_peer_ends_the_connection_unanswered() {
+    let (mut conn, now) = open_in_kernel();
+    conn.handle_tls_record(ALERT, &[FATAL, 20], now);
+    assert_eq!(conn.poll_event(), Some(Event::TlsFailed));
+    assert!(conn.is_done());
+    assert!(conn.poll_tls_command().is_none());
+}
+
+#[test]
+fn a_key_update_gives_the_kernel_the_next_keys_rfc_8446_section_4_6_3() {
+    let (mut conn, now) = open_in_kernel();
+    // update_not_requested: only the receiving key changes.
+    conn.handle_tls_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], now);
+    let Some(TlsCommand::SetKey(Direction::Receive, first)) = conn.poll_tls_command() else {
+        panic!("no new receive key");
+    };
+    assert_eq!(first.seq, 0);
+    assert!(conn.poll_tls_command().is_none());
+    // update_requested: ours too, after a KeyUpdate of our own that
+    // does not ask back (or the two would ask each other forever).
+    conn.handle_tls_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 1], now);
+    let Some(TlsCommand::SetKey(Direction::Receive, second)) = conn.poll_tls_command() else {
+        panic!("no new receive key");
+    };
+    assert_ne!(second.key(), first.key(), "each update moves the key on");
+    match conn.poll_tls_command() {
+        Some(TlsCommand::Record {
+            content_type: HANDSHAKE,
+            payload,
+        }) => assert_eq!(&payload[..], [KEY_UPDATE, 0, 0, 1, 0]),
+        other => panic!("{other:?}"),
+    }
+    let Some(TlsCommand::SetKey(Direction::Send, send)) = conn.poll_tls_command() else {
+        panic!("no new send key");
+    };
+    assert_eq!(send.seq, 0);
+    // The echo goes on.
+    let mut frame = Vec::new();
+    encode_client_frame(true, OpCode::Binary, [1, 2, 3, 4], b"after", &mut frame);
+    feed(&mut conn, &frame, now);
+    assert_eq!(drain(&mut conn, now), [&[0x82, 5][..], b"after"].concat());
+}
+
+#[test]
+fn a_key_update_storm_is_cut_like_rustls_cuts_it() {
+    let (mut conn, now) = open_in_kernel();
+    for _ in 0..MAX_IN_A_ROW {
+        conn.handle_tls_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], now);
+        assert!(matches!(
+            conn.poll_tls_command(),
+            Some(TlsCommand::SetKey(..))
+        ));
+    }
+    // Application data between them would have reset the count; none came.
+    conn.handle_tls_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], now);
+    assert_eq!(conn.poll_event(), Some(Event::TlsFailed));
+    match conn.poll_tls_command() {
+        Some(TlsCommand::Record {
+            content_type: ALERT,
+            payload,
+        }) => assert_eq!(&payload[..], [FATAL, UNEXPECTED_MESSAGE]),
+        other => panic!("{other:?}"),
+    }
+    assert!(conn.is_done());
+}
+
+#[test]
+fn key_updates_between_messages_are_not_a_storm() {
+    let (mut conn, now) = open_in_kernel();
+    let mut frame = Vec::new();
+    encode_client_frame(true, OpCode::Binary, [1, 2, 3, 4], b"x", &mut frame);
+    for _ in 0..3 * MAX_IN_A_ROW {
+        conn.handle_tls_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], now);
+        assert!(matches!(
+            conn.poll_tls_command(),
+            Some(TlsCommand::SetKey(..))
+        ));
+        feed(&mut conn, &frame, now);
+        assert_eq!(drain(&mut conn, now), [0x82, 1, b'x']);
+    }
+    assert!(!conn.is_done());
+}
+
+#[test]
+fn a_tls_1_2_renegotiation_is_refused_with_a_warning_and_the_session_goes_on() {
+    let mut h = hand_over(&rustls::version::TLS12, every_suite(), usize::MAX);
+    assert!(matches!(h.attach, Some(TlsCommand::Attach { .. })));
+    let now = h.now;
+    feed(&mut h.conn, REQUEST, now);
+    assert!(drain(&mut h.conn, now).starts_with(b"HTTP/1.1 101 "));
+    h.conn
+        .handle_tls_record(HANDSHAKE, &[CLIENT_HELLO, 0, 0, 2, 3, 3], now);
+    match h.conn.poll_tls_command() {
+        Some(TlsCommand::Record {
+            content_type: ALERT,
+            payload,
+        }) => assert_eq!(&payload[..], [WARNING, NO_RENEGOTIATION]),
+        other => panic!("{other:?}"),
+    }
+    assert!(!h.conn.is_done());
+    // A KeyUpdate is not TLS 1.2's.
+    h.conn
+        .handle_tls_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], now);
+    assert_eq!(h.conn.poll_event(), Some(Event::Upgraded));
+    assert_eq!(h.conn.poll_event(), Some(Event::TlsFailed));
+}
+
+#[test]
+fn malformed_records_get_a_fatal_alert_never_a_panic() {
+    for (ty, payload) in [
+        (HANDSHAKE, &[][..]),
+        (HANDSHAKE, &[KEY_UPDATE, 0, 0][..]),
+        (HANDSHAKE, &[KEY_UPDATE, 0, 0, 9, 0][..]),
+        (HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 7][..]),
+        (HANDSHAKE, &[KEY_UPDATE, 0, 0, 2, 0, 0][..]),
+        (HANDSHAKE, &[4, 0, 0, 0][..]),
+        (ALERT, &[1][..]),
+        (20, &[1][..]),
+        (99, &[][..]),
+    ] {
+        let (mut conn, now) = open_in_kernel();
+        conn.handle_tls_record(ty, payload, now);
+        assert_eq!(
+            conn.poll_event(),
+            Some(Event::TlsFailed),
+            "{ty} {payload:?}"
+        );
+        assert!(
+            matches!(
+                conn.poll_tls_command(),
+                Some(TlsCommand::Record {
+                    content_type: ALERT,
+                    ..
+                })
+            ),
+            "{ty} {payload:?}"
+        );
+        assert!(conn.is_done(), "{ty} {payload:?}");
+    }
+}
+
+#[test]
+fn a_refused_key_cuts_the_connection() {
+    let (mut conn, now) = open_in_kernel();
+    conn.handle_tls_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 1], now);
+    assert!(conn.poll_tls_command().is_some());
+    conn.tls_command_failed();
+    assert!(conn.is_done());
+    assert!(conn.poll_tls_command().is_none());
+}
+
+#[test]
+fn application_data_read_with_its_type_is_input_like_any() {
+    let (mut conn, now) = open_in_kernel();
+    let mut frame = Vec::new();
+    encode_client_frame(true, OpCode::Text, [1, 2, 3, 4], b"typed", &mut frame);
+    conn.handle_tls_record(APPLICATION_DATA, &frame, now);
+    assert_eq!(drain(&mut conn, now), [&[0x81, 5][..], b"typed"].concat());
+}
+
+#[test]
+fn the_support_set_lists_what_it_was_given() {
+    let s = KernelSupport::NONE
+        .with(Version::Tls13, Cipher::Aes128Gcm)
+        .with(Version::Tls13, Cipher::Chacha20Poly1305)
+        .with(Version::Tls12, Cipher::Aes256Gcm);
+    assert!(s.allows(Version::Tls13, Cipher::Aes128Gcm));
+    assert!(!s.allows(Version::Tls12, Cipher::Aes128Gcm));
+    assert!(!s.allows(Version::Tls13, Cipher::Aes256Gcm));
+    assert_eq!(
+        s.describe(),
+        "TLS 1.3: AES-128-GCM, ChaCha20-Poly1305; TLS 1.2: AES-256-GCM"
+    );
+    assert!(KernelSupport::NONE.is_empty() && KernelSupport::NONE.describe().is_empty());
+}
