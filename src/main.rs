@@ -104,6 +104,13 @@ OPTIONS (defaults are safe on the open internet):
     --tls-listen ADDR:PORT     With --tls-cert/--tls-key: keep --listen plain
                                and add a TLS listener here, served by shards
                                of its own (--threads more threads)
+    --no-kernel-tls            Keep TLS in user space (rustls) even where the
+                               kernel could take the session keys. By default,
+                               when the kernel has the tls module, each wss://
+                               session passes to it after its handshake, and
+                               the kernel encrypts and decrypts: the echo is
+                               then sent from the buffer it arrived in, as on
+                               ws://. The start-up log says which path is used
     --permessage-deflate       Agree to permessage-deflate (RFC 7692), which
                                every browser offers. Compressed messages are
                                echoed as they came, never recompressed; the
@@ -246,18 +253,23 @@ fn main() -> ExitCode {
         tracing::info!("and a TLS listener on wss://{tls_addr}/");
     }
     tracing::info!("test page: {page}://{page_host}/   health: {page}://{page_host}/healthz");
-    if let Some(slot) = &config.tls {
-        // The session keys stay in user space: rustls encrypts on every
-        // shard. Say so, and whether this kernel could have taken them.
-        let kernel = match server::tls::kernel_tls() {
-            Ok(()) => "the kernel has the tls module, but this build does not hand it keys".into(),
-            Err(why) => why,
-        };
-        tracing::info!(
-            cert = %slot.cert.display(),
-            shards = server.shards(),
-            "TLS in user space (rustls) on every shard: {kernel}"
-        );
+    if let (Some(slot), Some(kernel)) = (&config.tls, server.kernel_tls()) {
+        // Every shard shares one probe of the kernel, so one line says
+        // which path each shard's sessions take.
+        match kernel {
+            Ok(support) => tracing::info!(
+                cert = %slot.cert.display(),
+                shards = server.shards(),
+                "TLS in the kernel (kTLS) on every shard after each rustls handshake, \
+                 for {}; other ciphers stay in user space",
+                support.describe()
+            ),
+            Err(why) => tracing::info!(
+                cert = %slot.cert.display(),
+                shards = server.shards(),
+                "TLS in user space (rustls) on every shard: {why}"
+            ),
+        }
     }
     if let Some(listener) = metrics {
         let at = listener
@@ -527,6 +539,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Config>, 
                 let v = value("--tls-listen")?;
                 c.tls_listen = Some(listen_addr("--tls-listen", &v)?);
             }
+            "--no-kernel-tls" => c.kernel_tls = false,
             "--permessage-deflate" => {
                 if c.engine.deflate == Policy::Off {
                     c.engine.deflate = Policy::NoContextTakeover;

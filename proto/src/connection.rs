@@ -308,13 +308,15 @@ impl Connection {
             && !self.rare.as_ref().is_some_and(|r| r.kernel_declined)
     }
 
-    /// The next thing to do on the socket for TLS in the kernel, in order;
-    /// call with no read in flight (a send may be: the kernel orders each
-    /// record and key change by when it is made). The first is the
-    /// [`TlsCommand::Attach`] that hands the session over, at the first
-    /// record boundary after the TLS handshake.
-    pub fn poll_tls_command(&mut self) -> Option<TlsCommand> {
-        if self.tls_hand_off_pending() {
+    /// The next thing to do on the socket for TLS in the kernel, in order,
+    /// before the next read is armed (the kernel orders each record and key
+    /// change by when it is made, so a send in flight does not matter).
+    /// The first is the [`TlsCommand::Attach`] that hands the session over,
+    /// at the first record boundary after the TLS handshake: it comes only
+    /// when no read is in flight, for the kernel must see every byte after
+    /// the last record rustls read.
+    pub fn poll_tls_command(&mut self, read_in_flight: bool) -> Option<TlsCommand> {
+        if !read_in_flight && self.tls_hand_off_pending() {
             self.try_hand_off();
         }
         let command = self.kernel_mut()?.commands.pop_front();

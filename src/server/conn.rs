@@ -49,6 +49,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: &ShardCtx, ctl: &ConnCtl) {
     let mut write_op = std::pin::pin!(None);
 
     loop {
+        super::ktls::run_commands(ctl.fd, &mut conn, &ctx.stats, read_op.is_some());
         if write_op.is_none() {
             let mut batch = std::mem::take(&mut spare_batch);
             conn.poll_transmit(&mut batch, MAX_IOV);
@@ -112,11 +113,16 @@ pub(crate) async fn serve(stream: TcpStream, ctx: &ShardCtx, ctl: &ConnCtl) {
 
         let now = ctx.now();
         match wake {
-            Wake::Read(res, buf) => {
-                // An error ends the stream like EOF: nothing more will come.
-                let n = res.unwrap_or(0);
+            Wake::Read(Ok(n), buf) => {
                 ctx.stats.bytes_in.add(n as u64);
                 conn.handle_read(buf, n, now);
+            }
+            Wake::Read(Err(e), buf) => {
+                // An error ends the stream like EOF, but for a record
+                // kernel TLS hands over only with its type.
+                conn.cancel_read(buf);
+                let errno = e.raw_os_error().unwrap_or(0);
+                super::ktls::read_failed(ctl.fd, errno, &mut conn, now);
             }
             Wake::Wrote(Ok(n), mut batch) => {
                 ctx.stats.bytes_out.add(n as u64);

@@ -237,6 +237,7 @@ impl Shard {
         };
         let mut reads = 0;
         loop {
+            super::ktls::run_commands(c.stream.as_raw_fd(), &mut c.conn, &self.stats, false);
             flush(c, &self.stats, now);
             if c.conn.poll_shutdown_write() {
                 let _ = c.stream.shutdown(Shutdown::Write);
@@ -256,7 +257,11 @@ impl Shard {
                     c.conn.cancel_read(buf);
                     break;
                 }
-                Err(_) => c.conn.handle_read(buf, 0, now),
+                Err(e) => {
+                    c.conn.cancel_read(buf);
+                    let errno = e.raw_os_error().unwrap_or(0);
+                    super::ktls::read_failed(c.stream.as_raw_fd(), errno, &mut c.conn, now);
+                }
             }
         }
         self.stats.sync(&mut c.conn, &mut c.seen);

@@ -111,7 +111,7 @@ fn answer(mut stream: TcpStream, stats: &AllStats) -> io::Result<()> {
 /// Every shard's counters in the OpenMetrics text format, labelled by shard.
 pub fn render(stats: &AllStats) -> String {
     let mut registry = Registry::with_prefix("ringecho");
-    let counters: [Reading; 15] = [
+    let counters: [Reading; 17] = [
         ("connections_accepted", "Connections accepted", |s| {
             s.accepted
         }),
@@ -178,6 +178,16 @@ pub fn render(stats: &AllStats) -> String {
             "tls_failed",
             "wss:// connections that failed TLS (bad ClientHello, failed handshake, bad record)",
             |s| s.tls_failed,
+        ),
+        (
+            "tls_kernel",
+            "wss:// sessions handed to the kernel's TLS after their handshake",
+            |s| s.tls_kernel,
+        ),
+        (
+            "tls_kernel_refused",
+            "Kernel-TLS connections cut because the kernel refused a key or record",
+            |s| s.tls_kernel_refused,
         ),
     ];
     let shards: Vec<(Labels, Snapshot, &super::stats::ShardStats)> = stats

@@ -7,6 +7,7 @@ mod conn;
 mod context;
 mod epoll;
 pub mod http;
+pub mod ktls;
 pub mod log;
 pub mod metrics;
 mod ring;
@@ -72,6 +73,9 @@ pub struct Config {
     pub tls: Option<Arc<tls::TlsSlot>>,
     /// A TLS listener beside the plain one, with shards of its own.
     pub tls_listen: Option<SocketAddr>,
+    /// Hand each wss:// session to the kernel's TLS after its handshake,
+    /// where the kernel takes the negotiated cipher.
+    pub kernel_tls: bool,
 }
 
 /// The I/O shells; every one drives the same connection engine.
@@ -136,6 +140,7 @@ impl Default for Config {
             io: Io::Auto,
             tls: None,
             tls_listen: None,
+            kernel_tls: true,
         }
     }
 }
@@ -184,6 +189,9 @@ pub struct Server {
     local_addr: SocketAddr,
     tls_local_addr: Option<SocketAddr>,
     io: Io,
+    /// With TLS: what the kernel's TLS takes, or why the keys stay in
+    /// user space.
+    kernel_tls: Option<Result<crate::protocol::tls::kernel::KernelSupport, String>>,
     shutdown: watch::Sender<bool>,
     /// The epoll and ring shards' way to be told to stop.
     stoppers: Vec<Stopper>,
@@ -216,7 +224,17 @@ impl Server {
                 }
             },
         };
-        let config = Config { io, ..config };
+        let mut config = Config { io, ..config };
+        // What the kernel's TLS takes is found once, here: every shard's
+        // engine then hands over the sessions it can.
+        let kernel_tls = match (&config.tls, config.kernel_tls) {
+            (None, _) => None,
+            (Some(_), false) => Some(Err("--no-kernel-tls was given".to_owned())),
+            (Some(_), true) => Some(ktls::probe()),
+        };
+        if let Some(Ok(support)) = &kernel_tls {
+            config.engine.kernel_tls = *support;
+        }
         let threads = config.threads.max(1);
         // Each listening address gets `threads` shards of its own: the
         // main one (plain, or TLS only when there is a certificate and no
@@ -261,6 +279,7 @@ impl Server {
             local_addr,
             tls_local_addr,
             io,
+            kernel_tls,
             shutdown,
             stoppers: Vec::new(),
             threads: Vec::new(),
@@ -339,6 +358,14 @@ impl Server {
     /// The --tls-listen address, when there is one.
     pub fn tls_local_addr(&self) -> Option<SocketAddr> {
         self.tls_local_addr
+    }
+
+    /// With TLS: the ciphers whose sessions go to the kernel after their
+    /// handshake, or why every session stays in user space.
+    pub fn kernel_tls(
+        &self,
+    ) -> Option<&Result<crate::protocol::tls::kernel::KernelSupport, String>> {
+        self.kernel_tls.as_ref()
     }
 
     pub fn shards(&self) -> usize {

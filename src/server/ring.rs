@@ -499,6 +499,10 @@ impl Shard {
                 unsafe { buf.set_len(buf.len() + n.min(buf.capacity() - buf.len())) };
                 if s.closing {
                     drop(buf);
+                } else if res < 0 {
+                    s.conn.cancel_read(buf);
+                    let fd = s.stream.as_raw_fd();
+                    super::ktls::read_failed(fd, -res, &mut s.conn, now);
                 } else {
                     self.stats.bytes_in.add(n as u64);
                     s.conn.handle_read(buf, n, now);
@@ -590,13 +594,15 @@ impl Shard {
                 // (before 6.17) refuses it: one receive at a time, shard-wide.
                 self.recv_multishot = false;
             }
-            (_, buf) => {
-                // The end of the stream, or an error that ends it.
+            (res, buf) => {
+                // The end of the stream, or an error that ends it (but for
+                // a record kernel TLS hands over only with its type).
                 if let (Some(buf), Some(pool)) = (buf, self.pool.as_mut()) {
                     pool.give_back(&mut vec![buf]);
                 }
                 if !s.closing {
-                    s.conn.handle_eof(now);
+                    let fd = s.stream.as_raw_fd();
+                    super::ktls::read_failed(fd, res.saturating_neg(), &mut s.conn, now);
                 }
             }
         }
@@ -677,6 +683,8 @@ impl Shard {
         };
         let mut push: [Option<squeue::Entry>; 2] = [None, None];
         if !s.closing {
+            let reading = s.recv.is_some() || s.recv_multi;
+            super::ktls::run_commands(s.stream.as_raw_fd(), &mut s.conn, &self.stats, reading);
             if s.send.is_none() && !s.awaiting_room && !s.socket_full {
                 let mut send = self.outgoing.pop().unwrap_or_else(Outgoing::new);
                 s.conn.poll_transmit(&mut send.batch, MAX_IOV);
@@ -766,7 +774,9 @@ impl Shard {
                 // the engine's backpressure: it ends after `arm_limit`
                 // bytes and is re-armed only if the engine still wants
                 // input. Without the limit, one receive at a time.
-                let entry = if self.recv_multishot {
+                // A session that may still pass to the kernel takes one
+                // receive at a time, so that none is in flight when it does.
+                let entry = if self.recv_multishot && !s.conn.tls_hand_off_pending() {
                     let limit = self.pool.as_ref().map_or(0, |p| p.arm_limit());
                     with_optlen(opcode::RecvMulti::new(fd, buf_ring::GROUP).build(), limit)
                 } else {

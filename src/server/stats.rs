@@ -136,6 +136,11 @@ stats! {
     /// wss:// connections that failed TLS (garbage instead of a
     /// ClientHello, a failed handshake, a bad record).
     tls_failed,
+    /// wss:// sessions handed to the kernel's TLS after their handshake.
+    tls_kernel,
+    /// Kernel-TLS connections cut because the kernel refused a key or a
+    /// record (a KeyUpdate on a kernel that cannot change keys).
+    tls_kernel_refused,
     /// Connections holding a permessage-deflate inflater now (mid-message,
     /// or for good when the client keeps context), each a fixed
     /// `Inflater::MEMORY` bytes; idle connections without context hold none.

@@ -77,6 +77,9 @@ fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
                 ),
             })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Kernel TLS needs the traffic keys out of rustls once the handshake
+    // is done; they are in this process's memory either way.
+    config.enable_secret_extraction = true;
     let config = Arc::new(config);
     // Every connection will make one of these; find out now if it cannot.
     rustls::ServerConnection::new(config.clone()).map_err(|e| format!("TLS: {e}"))?;
@@ -130,21 +133,6 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         ),
         e => format!("--tls-key {}: not a usable key: {e}", path.display()),
     })
-}
-
-/// Whether the kernel can take the session keys (kernel TLS): the `tls`
-/// upper-layer protocol must be available. Returns why not.
-pub fn kernel_tls() -> Result<(), String> {
-    let ulps = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp")
-        .map_err(|e| format!("cannot read tcp_available_ulp: {e}"))?;
-    if ulps.split_whitespace().any(|u| u == "tls") {
-        Ok(())
-    } else {
-        Err(format!(
-            "the kernel has no tls module (tcp_available_ulp: {})",
-            ulps.trim()
-        ))
-    }
 }
 
 #[cfg(test)]

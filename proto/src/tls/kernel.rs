@@ -133,12 +133,16 @@ impl KernelSupport {
 }
 
 /// One direction's key and where its record sequence stands: what the
-/// kernel's `tls_crypto_info` for that direction is made of.
+/// kernel's `tls_crypto_info` for that direction is made of. Copied out of
+/// rustls's secrets, and wiped when dropped as rustls wipes its own.
 pub struct KernelKey {
     pub version: Version,
     /// The next record's sequence number.
     pub seq: u64,
-    secrets: ConnectionTrafficSecrets,
+    cipher: Cipher,
+    key: [u8; 32],
+    key_len: u8,
+    iv: [u8; 12],
 }
 
 impl std::fmt::Debug for KernelKey {
@@ -146,54 +150,76 @@ impl std::fmt::Debug for KernelKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KernelKey")
             .field("version", &self.version)
-            .field("cipher", &self.cipher())
+            .field("cipher", &self.cipher)
             .field("seq", &self.seq)
             .finish_non_exhaustive()
     }
 }
 
+impl Drop for KernelKey {
+    fn drop(&mut self) {
+        for b in self.key.iter_mut().chain(self.iv.iter_mut()) {
+            // SAFETY: `b` is a valid, aligned, exclusive reference; the
+            // volatile write only keeps the compiler from dropping the wipe.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
 impl KernelKey {
     fn new(version: Version, seq: u64, secrets: ConnectionTrafficSecrets) -> Option<KernelKey> {
-        let key = KernelKey {
+        let (cipher, key, iv) = match &secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Cipher::Aes128Gcm, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Cipher::Aes256Gcm, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (Cipher::Chacha20Poly1305, key, iv)
+            }
+            _ => return None,
+        };
+        let mut out = KernelKey {
             version,
             seq,
-            secrets,
+            cipher,
+            key: [0; 32],
+            key_len: 0,
+            iv: [0; 12],
         };
-        key.cipher_of().map(|_| key)
+        let (key, iv) = (key.as_ref(), iv.as_ref());
+        out.key.get_mut(..key.len())?.copy_from_slice(key);
+        out.key_len = key.len() as u8;
+        out.iv.get_mut(..iv.len())?.copy_from_slice(iv);
+        Some(out)
     }
 
-    fn cipher_of(&self) -> Option<Cipher> {
-        match &self.secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { .. } => Some(Cipher::Aes128Gcm),
-            ConnectionTrafficSecrets::Aes256Gcm { .. } => Some(Cipher::Aes256Gcm),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { .. } => Some(Cipher::Chacha20Poly1305),
-            _ => None,
+    /// A key of fixed, made-up bytes, for a shell to find out at start-up
+    /// which ciphers the kernel takes. It protects nothing.
+    pub fn probe(version: Version, cipher: Cipher) -> KernelKey {
+        let key_len = match cipher {
+            Cipher::Aes128Gcm => 16,
+            Cipher::Aes256Gcm | Cipher::Chacha20Poly1305 => 32,
+        };
+        KernelKey {
+            version,
+            seq: 0x0102_0304_0506_0708,
+            cipher,
+            key: std::array::from_fn(|i| 0x40 + i as u8),
+            key_len,
+            iv: std::array::from_fn(|i| 0x80 + i as u8),
         }
     }
 
     pub fn cipher(&self) -> Cipher {
-        // `new` admits only the three.
-        self.cipher_of().unwrap_or(Cipher::Aes128Gcm)
+        self.cipher
     }
 
     /// The AEAD key.
     pub fn key(&self) -> &[u8] {
-        match &self.secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, .. }
-            | ConnectionTrafficSecrets::Aes256Gcm { key, .. }
-            | ConnectionTrafficSecrets::Chacha20Poly1305 { key, .. } => key.as_ref(),
-            _ => &[],
-        }
+        &self.key[..usize::from(self.key_len)]
     }
 
     /// The 12-byte static IV (for AES-GCM: the 4-byte salt, then the rest).
     pub fn iv(&self) -> &[u8] {
-        match &self.secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { iv, .. }
-            | ConnectionTrafficSecrets::Aes256Gcm { iv, .. }
-            | ConnectionTrafficSecrets::Chacha20Poly1305 { iv, .. } => iv.as_ref(),
-            _ => &[],
-        }
+        &self.iv
     }
 }
 
@@ -207,8 +233,8 @@ pub enum Direction {
 }
 
 /// What the shell does on the socket for a kernel-TLS connection, in the
-/// order given, with no read in flight. A command that fails is reported
-/// with [`crate::Connection::tls_command_failed`].
+/// order given, before it arms the next read. A command that fails is
+/// reported with [`crate::Connection::tls_command_failed`].
 #[derive(Debug)]
 pub enum TlsCommand {
     /// Attach the kernel's TLS to the socket (`TCP_ULP` "tls") and give it

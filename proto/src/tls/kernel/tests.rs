@@ -77,7 +77,7 @@ fn hand_over(
             client.write_tls(&mut to_server).unwrap();
         }
         // The shell's loop: a command between reads, then one read.
-        if let Some(cmd) = conn.poll_tls_command() {
+        if let Some(cmd) = conn.poll_tls_command(false) {
             attach = Some(cmd);
             break;
         }
@@ -200,7 +200,7 @@ fn a_suite_the_kernel_does_not_take_stays_in_user_space_for_good() {
     assert!(h.attach.is_none());
     assert!(!h.conn.kernel_tls());
     assert!(!h.conn.tls_hand_off_pending(), "decided once, not retried");
-    assert!(h.conn.poll_tls_command().is_none());
+    assert!(h.conn.poll_tls_command(false).is_none());
     assert_eq!(h.conn.tls_handshaking(), Some(false));
 }
 
@@ -254,7 +254,7 @@ fn after_the_hand_over_the_engine_echoes_plaintext_and_ends_with_close_notify() 
     // RFC 8446 §6.1: close_notify goes through the kernel as an alert
     // record, after the close frame, and only then is the engine done.
     assert!(!conn.is_done());
-    match conn.poll_tls_command() {
+    match conn.poll_tls_command(false) {
         Some(TlsCommand::Record {
             content_type: ALERT,
             payload,
@@ -262,7 +262,7 @@ fn after_the_hand_over_the_engine_echoes_plaintext_and_ends_with_close_notify() 
         other => panic!("{other:?}"),
     }
     assert!(conn.is_done());
-    assert!(conn.poll_tls_command().is_none());
+    assert!(conn.poll_tls_command(false).is_none());
 }
 
 #[test]
@@ -270,7 +270,7 @@ fn the_peers_close_notify_ends_its_input() {
     let (mut conn, now) = open_in_kernel();
     conn.handle_tls_record(ALERT, &[WARNING, CLOSE_NOTIFY], now);
     assert!(conn.is_done());
-    assert!(conn.poll_tls_command().is_none(), "nothing to answer");
+    assert!(conn.poll_tls_command(false).is_none(), "nothing to answer");
 }
 
 #[test]
@@ -279,7 +279,7 @@ fn a_fatal_alert_from_the_peer_ends_the_connection_unanswered() {
     conn.handle_tls_record(ALERT, &[FATAL, 20], now);
     assert_eq!(conn.poll_event(), Some(Event::TlsFailed));
     assert!(conn.is_done());
-    assert!(conn.poll_tls_command().is_none());
+    assert!(conn.poll_tls_command(false).is_none());
 }
 
 #[test]
@@ -287,26 +287,26 @@ fn a_key_update_gives_the_kernel_the_next_keys_rfc_8446_section_4_6_3() {
     let (mut conn, now) = open_in_kernel();
     // update_not_requested: only the receiving key changes.
     conn.handle_tls_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], now);
-    let Some(TlsCommand::SetKey(Direction::Receive, first)) = conn.poll_tls_command() else {
+    let Some(TlsCommand::SetKey(Direction::Receive, first)) = conn.poll_tls_command(false) else {
         panic!("no new receive key");
     };
     assert_eq!(first.seq, 0);
-    assert!(conn.poll_tls_command().is_none());
+    assert!(conn.poll_tls_command(false).is_none());
     // update_requested: ours too, after a KeyUpdate of our own that
     // does not ask back (or the two would ask each other forever).
     conn.handle_tls_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 1], now);
-    let Some(TlsCommand::SetKey(Direction::Receive, second)) = conn.poll_tls_command() else {
+    let Some(TlsCommand::SetKey(Direction::Receive, second)) = conn.poll_tls_command(false) else {
         panic!("no new receive key");
     };
     assert_ne!(second.key(), first.key(), "each update moves the key on");
-    match conn.poll_tls_command() {
+    match conn.poll_tls_command(false) {
         Some(TlsCommand::Record {
             content_type: HANDSHAKE,
             payload,
         }) => assert_eq!(&payload[..], [KEY_UPDATE, 0, 0, 1, 0]),
         other => panic!("{other:?}"),
     }
-    let Some(TlsCommand::SetKey(Direction::Send, send)) = conn.poll_tls_command() else {
+    let Some(TlsCommand::SetKey(Direction::Send, send)) = conn.poll_tls_command(false) else {
         panic!("no new send key");
     };
     assert_eq!(send.seq, 0);
@@ -323,14 +323,14 @@ fn a_key_update_storm_is_cut_like_rustls_cuts_it() {
     for _ in 0..MAX_IN_A_ROW {
         conn.handle_tls_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], now);
         assert!(matches!(
-            conn.poll_tls_command(),
+            conn.poll_tls_command(false),
             Some(TlsCommand::SetKey(..))
         ));
     }
     // Application data between them would have reset the count; none came.
     conn.handle_tls_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], now);
     assert_eq!(conn.poll_event(), Some(Event::TlsFailed));
-    match conn.poll_tls_command() {
+    match conn.poll_tls_command(false) {
         Some(TlsCommand::Record {
             content_type: ALERT,
             payload,
@@ -348,7 +348,7 @@ fn key_updates_between_messages_are_not_a_storm() {
     for _ in 0..3 * MAX_IN_A_ROW {
         conn.handle_tls_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], now);
         assert!(matches!(
-            conn.poll_tls_command(),
+            conn.poll_tls_command(false),
             Some(TlsCommand::SetKey(..))
         ));
         feed(&mut conn, &frame, now);
@@ -366,7 +366,7 @@ fn a_tls_1_2_renegotiation_is_refused_with_a_warning_and_the_session_goes_on() {
     assert!(drain(&mut h.conn, now).starts_with(b"HTTP/1.1 101 "));
     h.conn
         .handle_tls_record(HANDSHAKE, &[CLIENT_HELLO, 0, 0, 2, 3, 3], now);
-    match h.conn.poll_tls_command() {
+    match h.conn.poll_tls_command(false) {
         Some(TlsCommand::Record {
             content_type: ALERT,
             payload,
@@ -403,7 +403,7 @@ fn malformed_records_get_a_fatal_alert_never_a_panic() {
         );
         assert!(
             matches!(
-                conn.poll_tls_command(),
+                conn.poll_tls_command(false),
                 Some(TlsCommand::Record {
                     content_type: ALERT,
                     ..
@@ -419,10 +419,10 @@ fn malformed_records_get_a_fatal_alert_never_a_panic() {
 fn a_refused_key_cuts_the_connection() {
     let (mut conn, now) = open_in_kernel();
     conn.handle_tls_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 1], now);
-    assert!(conn.poll_tls_command().is_some());
+    assert!(conn.poll_tls_command(false).is_some());
     conn.tls_command_failed();
     assert!(conn.is_done());
-    assert!(conn.poll_tls_command().is_none());
+    assert!(conn.poll_tls_command(false).is_none());
 }
 
 #[test]
