@@ -10,7 +10,10 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # systemd unit with systemd-analyze, the proxy tests put nginx (TLS with an
 # openssl certificate) in front of one server and HAProxy in front of two;
 # the permessage-deflate tests use Python's websockets as a compressing
-# client; they fail (never skip) without them.
+# client; they fail (never skip) without them. The kernel TLS test
+# (tests/ktls.rs) installs what it needs itself (tests/vm/prepare.sh: qemu,
+# busybox-static, and Debian's kernel, which has the tls module, unpacked
+# under target/vm) and boots that kernel under qemu.
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
