@@ -299,6 +299,11 @@ impl Connection {
         self.rare.as_mut().and_then(|r| r.kernel_tls.as_mut())
     }
 
+    #[cfg(test)]
+    pub(crate) fn kernel_tls_state(&mut self) -> Option<&mut KernelTls> {
+        self.kernel_mut()
+    }
+
     /// True while this connection's TLS may still pass to the kernel: the
     /// shell then keeps at most one read in flight, so that it can call
     /// [`Connection::poll_tls_command`] between reads.
@@ -648,6 +653,11 @@ impl Connection {
         match &mut self.tls {
             Some(tls) => tls.written(n),
             None => self.out.advance(n),
+        }
+        // Only a connection with something rare can have kernel TLS: one
+        // branch on the echo path of all others.
+        if self.rare.is_some() && self.kernel_mut().is_some_and(|k| k.wrote(n)) {
+            self.close_ahead(now, "TLS key limit");
         }
         if self.backlog && self.output_cost() < self.cfg.max_output_bytes {
             self.process(now);

@@ -266,6 +266,15 @@ pub fn probe() -> Result<KernelSupport, String> {
                 Ok(()) => support = support.with(version, cipher),
                 Err(e) => why = format!("{}: {e}", cipher.name()),
             }
+            // A second TLS 1.3 send key: Linux 6.14 takes it (a KeyUpdate),
+            // earlier kernels refuse it (EBUSY).
+            if version == Version::Tls13
+                && support.allows(version, cipher)
+                && !support.rekeys()
+                && set_key(fd, Direction::Send, &key).is_ok()
+            {
+                support = support.with_rekey();
+            }
         }
     }
     if support.is_empty() {

@@ -32,6 +32,10 @@ const FATAL: u8 = 2;
 const CLIENT_HELLO: u8 = 1;
 const KEY_UPDATE: u8 = 24;
 
+/// The largest record plaintext (RFC 8446 §5.1), for counting records
+/// sent.
+const MAX_RECORD: usize = 1 << 14;
+
 /// Post-handshake messages (KeyUpdates, refused renegotiations) accepted in
 /// a row without application data between them: rustls's own bound in
 /// user space, so a storm is cut the same way on both paths.
@@ -100,6 +104,10 @@ impl Cipher {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelSupport(u8);
 
+/// [`KernelSupport`]'s bit for key changes; the others are (version,
+/// cipher) pairs.
+const REKEY: u8 = 1 << 7;
+
 impl KernelSupport {
     pub const NONE: KernelSupport = KernelSupport(0);
 
@@ -112,7 +120,17 @@ impl KernelSupport {
     }
 
     pub fn is_empty(self) -> bool {
-        self.0 == 0
+        self.0 & !REKEY == 0
+    }
+
+    /// The kernel also changes a TLS 1.3 key under a live session (Linux
+    /// 6.14): KeyUpdates are possible in both directions.
+    pub fn with_rekey(self) -> KernelSupport {
+        KernelSupport(self.0 | REKEY)
+    }
+
+    pub fn rekeys(self) -> bool {
+        self.0 & REKEY != 0
     }
 
     /// For the start-up log: "TLS 1.3: AES-128-GCM, ...; TLS 1.2: ...".
@@ -127,6 +145,9 @@ impl KernelSupport {
             if !ciphers.is_empty() {
                 parts.push(format!("{name}: {}", ciphers.join(", ")));
             }
+        }
+        if !parts.is_empty() && !self.rekeys() {
+            parts.push("no TLS 1.3 key updates (before Linux 6.14)".into());
         }
         parts.join("; ")
     }
@@ -271,6 +292,16 @@ pub struct KernelTls {
     in_a_row: u8,
     read_at_last: u64,
     close_notify_sent: bool,
+    /// Records sent under the current send key, counted from above (the
+    /// kernel makes them; see [`KernelTls::wrote`]), and how many the
+    /// cipher allows under one key before it must change.
+    sent: u64,
+    limit: u64,
+    /// The kernel can change keys (see [`KernelSupport::rekeys`]).
+    rekeys: bool,
+    /// The limit was reached where the key cannot change: the connection
+    /// is being closed.
+    exhausted: bool,
     /// Commands not yet taken by the shell.
     pub(crate) commands: std::collections::VecDeque<TlsCommand>,
 }
@@ -302,6 +333,14 @@ impl KernelTls {
         if !support.allows(version, send.cipher()) {
             return Err(unsupported());
         }
+        // A key must change (or the session end) before this many records
+        // (AES-GCM: 2^24, or 2^23 for TLS 1.3's AES-256 in rustls's own
+        // accounting); rustls counts in user space, the kernel does not.
+        let limit = match conn.negotiated_cipher_suite() {
+            rustls::SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
+            rustls::SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
+        };
+        let sent = send.seq;
         let mut commands = std::collections::VecDeque::new();
         commands.push_back(TlsCommand::Attach { send, receive });
         Ok(KernelTls {
@@ -310,8 +349,60 @@ impl KernelTls {
             in_a_row: 0,
             read_at_last: 0,
             close_notify_sent: false,
+            sent,
+            limit,
+            rekeys: support.rekeys(),
+            exhausted: false,
             commands,
         })
+    }
+
+    /// `n` bytes went out through the kernel in one write, which it made
+    /// into at most `n / 2^14 + 1` records. Near the cipher's limit, a TLS
+    /// 1.3 session moves to its next send key (a KeyUpdate of ours, RFC
+    /// 8446 §4.6.3, §5.5); true when a session that cannot (TLS 1.2, or a
+    /// kernel that cannot change keys) must end instead.
+    pub(crate) fn wrote(&mut self, n: usize) -> bool {
+        self.sent = self.sent.saturating_add((n / MAX_RECORD) as u64 + 1);
+        // A sixteenth of the limit to spare: the count is an upper bound,
+        // and the records already queued go out under the old key.
+        if self.sent < self.limit - self.limit / 16 {
+            return false;
+        }
+        if self.version == Version::Tls13 && self.rekeys {
+            self.update_send_key();
+            return false;
+        }
+        !std::mem::replace(&mut self.exhausted, true)
+    }
+
+    fn update_send_key(&mut self) {
+        self.record(HANDSHAKE, Box::new([KEY_UPDATE, 0, 0, 1, 0]));
+        match self.conn.update_tx_secret() {
+            Ok((seq, secrets)) => {
+                if let Some(key) = KernelKey::new(self.version, seq, secrets) {
+                    self.sent = seq;
+                    self.commands
+                        .push_back(TlsCommand::SetKey(Direction::Send, key));
+                }
+            }
+            // Only TLS 1.2 has no next key; a peer's KeyUpdate on it is
+            // refused before this.
+            Err(_) => self.exhausted = true,
+        }
+    }
+
+    fn record(&mut self, content_type: u8, payload: Box<[u8]>) {
+        self.sent = self.sent.saturating_add(1);
+        self.commands.push_back(TlsCommand::Record {
+            content_type,
+            payload,
+        });
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_limit(&mut self, limit: u64) {
+        self.limit = limit;
     }
 
     /// Queue close_notify (RFC 8446 §6.1) once; true if it was queued now.
@@ -324,10 +415,7 @@ impl KernelTls {
     }
 
     fn alert(&mut self, level: u8, description: u8) {
-        self.commands.push_back(TlsCommand::Record {
-            content_type: ALERT,
-            payload: Box::new([level, description]),
-        });
+        self.record(ALERT, Box::new([level, description]));
     }
 
     fn fatal(&mut self, description: u8) -> Received {
@@ -421,18 +509,7 @@ impl KernelTls {
         self.commands
             .push_back(TlsCommand::SetKey(Direction::Receive, key));
         if requested {
-            self.commands.push_back(TlsCommand::Record {
-                content_type: HANDSHAKE,
-                payload: Box::new([KEY_UPDATE, 0, 0, 1, 0]),
-            });
-            let Ok((seq, secrets)) = self.conn.update_tx_secret() else {
-                return self.fatal(UNEXPECTED_MESSAGE);
-            };
-            let Some(key) = KernelKey::new(self.version, seq, secrets) else {
-                return self.fatal(UNEXPECTED_MESSAGE);
-            };
-            self.commands
-                .push_back(TlsCommand::SetKey(Direction::Send, key));
+            self.update_send_key();
         }
         Received::Ok
     }

@@ -19,7 +19,7 @@ const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket
 Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 fn every_suite() -> KernelSupport {
-    let mut s = KernelSupport::NONE;
+    let mut s = KernelSupport::NONE.with_rekey();
     for v in [Version::Tls12, Version::Tls13] {
         for c in Cipher::ALL {
             s = s.with(v, c);
@@ -445,7 +445,135 @@ fn the_support_set_lists_what_it_was_given() {
     assert!(!s.allows(Version::Tls13, Cipher::Aes256Gcm));
     assert_eq!(
         s.describe(),
+        "TLS 1.3: AES-128-GCM, ChaCha20-Poly1305; TLS 1.2: AES-256-GCM; \
+         no TLS 1.3 key updates (before Linux 6.14)"
+    );
+    assert!(s.with_rekey().rekeys() && !s.rekeys());
+    assert_eq!(
+        s.with_rekey().describe(),
         "TLS 1.3: AES-128-GCM, ChaCha20-Poly1305; TLS 1.2: AES-256-GCM"
     );
     assert!(KernelSupport::NONE.is_empty() && KernelSupport::NONE.describe().is_empty());
+    assert!(
+        KernelSupport::NONE.with_rekey().is_empty(),
+        "no cipher, no kernel TLS"
+    );
+}
+
+/// A connection handed over under `support`, upgraded, its cipher's limit
+/// set to `limit` records.
+fn open_with_limit(
+    version: &'static rustls::SupportedProtocolVersion,
+    support: KernelSupport,
+    limit: u64,
+) -> (Connection, Instant) {
+    let mut h = hand_over(version, support, usize::MAX);
+    assert!(matches!(h.attach, Some(TlsCommand::Attach { .. })));
+    feed(&mut h.conn, REQUEST, h.now);
+    assert!(drain(&mut h.conn, h.now).starts_with(b"HTTP/1.1 101 "));
+    h.conn.kernel_tls_state().unwrap().set_limit(limit);
+    (h.conn, h.now)
+}
+
+fn echo_many(conn: &mut Connection, now: Instant, n: usize) {
+    let mut frame = Vec::new();
+    encode_client_frame(true, OpCode::Binary, [1, 2, 3, 4], b"count me", &mut frame);
+    for _ in 0..n {
+        feed(conn, &frame, now);
+        drain(conn, now);
+    }
+}
+
+#[test]
+fn near_the_ciphers_record_limit_tls_1_3_moves_to_its_next_send_key() {
+    let (mut conn, now) = open_with_limit(&rustls::version::TLS13, every_suite(), 1600);
+    // Each echo is one write, so one record: 1500 stay under the limit
+    // less its sixteenth.
+    echo_many(&mut conn, now, 1400);
+    assert!(conn.poll_tls_command(false).is_none());
+    echo_many(&mut conn, now, 100);
+    match conn.poll_tls_command(false) {
+        Some(TlsCommand::Record {
+            content_type: HANDSHAKE,
+            payload,
+        }) => assert_eq!(&payload[..], [KEY_UPDATE, 0, 0, 1, 0]),
+        other => panic!("{other:?}"),
+    }
+    let Some(TlsCommand::SetKey(Direction::Send, key)) = conn.poll_tls_command(false) else {
+        panic!("no next send key");
+    };
+    assert_eq!(key.seq, 0);
+    assert!(conn.poll_tls_command(false).is_none(), "once per limit");
+    // The count starts again under the new key.
+    echo_many(&mut conn, now, 1000);
+    assert!(conn.poll_tls_command(false).is_none());
+    assert!(!conn.is_done());
+}
+
+#[test]
+fn where_the_key_cannot_change_the_session_closes_before_the_limit() {
+    let no_rekey = KernelSupport::NONE
+        .with(Version::Tls13, Cipher::Aes256Gcm)
+        .with(Version::Tls13, Cipher::Aes128Gcm)
+        .with(Version::Tls12, Cipher::Aes256Gcm)
+        .with(Version::Tls12, Cipher::Aes128Gcm);
+    for (version, support) in [
+        (&rustls::version::TLS13, no_rekey),
+        (&rustls::version::TLS12, no_rekey.with_rekey()),
+    ] {
+        let (mut conn, now) = open_with_limit(version, support, 1600);
+        let mut frame = Vec::new();
+        encode_client_frame(true, OpCode::Binary, [1, 2, 3, 4], b"count me", &mut frame);
+        let mut closed = None;
+        for i in 0..1600 {
+            feed(&mut conn, &frame, now);
+            let out = drain(&mut conn, now);
+            if let Some(at) = out.windows(2).position(|w| w[0] == 0x88) {
+                closed = Some((i, out[at + 2..at + 4].to_vec()));
+                break;
+            }
+        }
+        // Close 1001 (going away, RFC 6455 §7.4.1) before the limit.
+        let (at, code) = closed.expect("a close before the limit");
+        assert!((1400..1500).contains(&at), "{at}");
+        assert_eq!(code, 1001u16.to_be_bytes());
+        assert!(conn.poll_tls_command(false).is_none(), "no KeyUpdate");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever records a peer sends once the kernel has the session,
+    /// the engine answers with commands or ends the connection; it never
+    /// panics, and once it has failed it only winds down.
+    #[test]
+    fn any_records_are_answered_or_end_the_connection(
+        records in proptest::collection::vec(
+            (
+                proptest::prop_oneof![
+                    proptest::prelude::Just(ALERT),
+                    proptest::prelude::Just(HANDSHAKE),
+                    proptest::prelude::Just(APPLICATION_DATA),
+                    proptest::prelude::any::<u8>(),
+                ],
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
+            ),
+            1..24,
+        )
+    ) {
+        let (mut conn, now) = open_in_kernel();
+        for (content_type, payload) in records {
+            conn.handle_tls_record(content_type, &payload, now);
+            let mut commands = 0;
+            while conn.poll_tls_command(false).is_some() {
+                commands += 1;
+                proptest::prop_assert!(commands < 8);
+            }
+            drain(&mut conn, now);
+            if conn.is_done() {
+                break;
+            }
+        }
+    }
 }
