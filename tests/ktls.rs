@@ -39,6 +39,19 @@ fn main() {
     }
 }
 
+fn which(program: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .unwrap();
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        !path.is_empty(),
+        "{program} is installed by the test command"
+    );
+    path
+}
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -58,7 +71,9 @@ fn host() {
     cmd.arg(repo().join("tests/vm/run.sh"))
         .args(["--timeout", "420", "--cpus", "2"])
         .args(["--bin", &me.display().to_string()])
-        .args(["--bin", env!("CARGO_BIN_EXE_ringecho")]);
+        .args(["--bin", env!("CARGO_BIN_EXE_ringecho")])
+        // A client that renegotiates (rustls never does).
+        .args(["--bin", &which("openssl")]);
     for f in ["ca.pem", "cert.pem", "key.pem"] {
         cmd.args(["--file", &format!("{}:/tls/{f}", tls.join(f).display())]);
     }
@@ -94,6 +109,7 @@ fn guest() {
         std::env::set_var("RINGECHO_IO", io);
         every_cipher_goes_to_the_kernel_and_echoes(io);
         the_peers_close_notify_ends_the_connection(io);
+        a_renegotiation_through_the_kernel_is_refused_then_cut(io);
         a_key_update_moves_the_kernel_to_the_next_keys_or_cuts_cleanly(io, kernel.trim());
         no_kernel_tls_keeps_every_session_in_user_space(io);
         println!("ktls guest: --io {io}: all checks passed");
@@ -216,6 +232,12 @@ fn every_cipher_goes_to_the_kernel_and_echoes(io: &str) {
     ] {
         assert!(line.contains(want), "{line}");
     }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(
+        line.contains("no TLS 1.3 key updates"),
+        !kernel_rekeys(release.trim()),
+        "{line}"
+    );
     // Every suite the certificate (ECDSA P-256) can serve.
     let suites: Vec<_> = rustls::crypto::ring::default_provider()
         .cipher_suites
@@ -289,6 +311,55 @@ fn the_peers_close_notify_ends_the_connection(io: &str) {
     assert_eq!(t["active"], 0, "{t}");
     assert_eq!(t["tls_kernel"], 1, "{t}");
     assert_eq!(t["tls_failed"], 0, "{t}");
+}
+
+fn a_renegotiation_through_the_kernel_is_refused_then_cut(io: &str) {
+    let server = start(&[]);
+    let mut client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-tls1_2",
+            "-servername",
+            "localhost",
+            "-connect",
+        ])
+        .arg(server.addr.to_string())
+        .arg("-CAfile")
+        .arg(data("ca.pem"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl in the guest");
+    let mut stdin = client.stdin.take().unwrap();
+    server.wait_stats(Duration::from_secs(10), |t| t["tls_kernel"] == 1);
+    // s_client's command to renegotiate (RFC 5746): the kernel hands the
+    // encrypted ClientHello over as a handshake record.
+    for _ in 0..3 {
+        let _ = stdin.write_all(b"R\n");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(stdin);
+    let started = Instant::now();
+    let out = loop {
+        if let Ok(Some(_)) = client.try_wait() {
+            break client.wait_with_output().unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "--io {io}: s_client still running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("RENEGOTIATING"), "--io {io}: {text}");
+    assert!(text.contains("no renegotiation"), "--io {io}: {text}");
+    let t = server.wait_stats(Duration::from_secs(5), |t| t["active"] == 0);
+    assert_eq!(t["tls_kernel"], 1, "{t}\n{text}");
+    assert_eq!(t["tls_failed"], 1, "{t}");
+    let mut s = wss(server.addr, config(None));
+    echo(&mut s, b"the next connection is served");
 }
 
 /// Linux 6.14 lets TLS 1.3 keys change under the kernel's record layer;

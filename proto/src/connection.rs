@@ -331,6 +331,20 @@ impl Connection {
         command
     }
 
+    /// The session can pass to the kernel once the ciphertext it has made
+    /// is written: read nothing more until then, for what a read took
+    /// would be ciphertext the kernel never sees.
+    fn hand_off_waits_for_write(&self) -> bool {
+        match &self.tls {
+            Some(tls) if self.tls_hand_off_pending() => {
+                tls.pending() > 0
+                    && tls.kernel_can_take(self.cfg.kernel_tls) == Some(true)
+                    && matches!(self.state, State::Handshake | State::Open)
+            }
+            _ => false,
+        }
+    }
+
     fn try_hand_off(&mut self) {
         let support = self.cfg.kernel_tls;
         let Some(tls) = &self.tls else {
@@ -397,6 +411,9 @@ impl Connection {
 
     /// True while the engine wants a read in flight.
     pub fn wants_read(&self) -> bool {
+        if self.hand_off_waits_for_write() {
+            return false;
+        }
         match self.state {
             State::Handshake => true,
             State::Responding => self.half_closed,

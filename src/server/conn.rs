@@ -78,6 +78,9 @@ pub(crate) async fn serve(stream: TcpStream, ctx: &ShardCtx, ctl: &ConnCtl) {
         if conn.is_done() {
             break;
         }
+        // A direct send may have written the last of a TLS handshake: the
+        // session passes to the kernel before a read is armed.
+        super::ktls::run_commands(ctl.fd, &mut conn, &ctx.stats, read_op.is_some());
         if read_op.is_none() && conn.wants_read() {
             read_op.set(Some(read(&stream, conn.read_buffer())));
         }

@@ -237,8 +237,12 @@ impl Shard {
         };
         let mut reads = 0;
         loop {
-            super::ktls::run_commands(c.stream.as_raw_fd(), &mut c.conn, &self.stats, false);
+            let fd = c.stream.as_raw_fd();
+            super::ktls::run_commands(fd, &mut c.conn, &self.stats, false);
             flush(c, &self.stats, now);
+            // What was just written may be the last of a TLS handshake:
+            // the session passes to the kernel before the next read.
+            super::ktls::run_commands(fd, &mut c.conn, &self.stats, false);
             if c.conn.poll_shutdown_write() {
                 let _ = c.stream.shutdown(Shutdown::Write);
             }

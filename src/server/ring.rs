@@ -754,6 +754,12 @@ impl Shard {
             if s.conn.poll_shutdown_write() {
                 let _ = s.stream.shutdown(std::net::Shutdown::Write);
             }
+            if s.conn.tls_hand_off_pending() {
+                // A direct send may have written the last of a TLS
+                // handshake: the session passes before a read is armed.
+                let reading = s.recv.is_some() || s.recv_multi;
+                super::ktls::run_commands(s.stream.as_raw_fd(), &mut s.conn, &self.stats, reading);
+            }
             let wants_read = !s.conn.is_done() && s.conn.wants_read();
             let ring_ready = self.pool.as_ref().is_some_and(|p| p.available() > 0);
             if s.recv_multi && !wants_read && !s.recv_cancelling {

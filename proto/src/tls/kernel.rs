@@ -292,6 +292,7 @@ pub struct KernelTls {
     in_a_row: u8,
     read_at_last: u64,
     close_notify_sent: bool,
+    renegotiation_refused: bool,
     /// Records sent under the current send key, counted from above (the
     /// kernel makes them; see [`KernelTls::wrote`]), and how many the
     /// cipher allows under one key before it must change.
@@ -349,6 +350,7 @@ impl KernelTls {
             in_a_row: 0,
             read_at_last: 0,
             close_notify_sent: false,
+            renegotiation_refused: false,
             sent,
             limit,
             rekeys: support.rekeys(),
@@ -474,9 +476,11 @@ impl KernelTls {
                     self.read_at_last = bytes_read;
                     let outcome = match (*ty, self.version) {
                         (KEY_UPDATE, Version::Tls13) => self.key_update(message),
-                        // A TLS 1.2 renegotiation: refused with a warning,
-                        // the session goes on.
-                        (CLIENT_HELLO, Version::Tls12) => {
+                        // A TLS 1.2 renegotiation: the first is refused
+                        // with a warning and the session goes on; a second
+                        // is fatal, as rustls has it in user space.
+                        (CLIENT_HELLO, Version::Tls12) if !self.renegotiation_refused => {
+                            self.renegotiation_refused = true;
                             self.alert(WARNING, NO_RENEGOTIATION);
                             Received::Ok
                         }

@@ -76,7 +76,9 @@ fn hand_over(
         while client.wants_write() {
             client.write_tls(&mut to_server).unwrap();
         }
-        // The shell's loop: a command between reads, then one read.
+        // The shell's loop: a command between reads, then one read. Never
+        // a hand-over while a read is in flight, even when it is due.
+        assert!(conn.poll_tls_command(true).is_none());
         if let Some(cmd) = conn.poll_tls_command(false) {
             attach = Some(cmd);
             break;
@@ -374,7 +376,28 @@ fn a_tls_1_2_renegotiation_is_refused_with_a_warning_and_the_session_goes_on() {
         other => panic!("{other:?}"),
     }
     assert!(!h.conn.is_done());
-    // A KeyUpdate is not TLS 1.2's.
+    assert_eq!(h.conn.poll_event(), Some(Event::Upgraded));
+    // A second one is fatal.
+    h.conn
+        .handle_tls_record(HANDSHAKE, &[CLIENT_HELLO, 0, 0, 2, 3, 3], now);
+    assert_eq!(h.conn.poll_event(), Some(Event::TlsFailed));
+    assert!(matches!(
+        h.conn.poll_tls_command(false),
+        Some(TlsCommand::Record {
+            content_type: ALERT,
+            ..
+        })
+    ));
+    assert!(h.conn.is_done());
+}
+
+#[test]
+fn a_key_update_is_not_tls_1_2s() {
+    let mut h = hand_over(&rustls::version::TLS12, every_suite(), usize::MAX);
+    assert!(matches!(h.attach, Some(TlsCommand::Attach { .. })));
+    let now = h.now;
+    feed(&mut h.conn, REQUEST, now);
+    drain(&mut h.conn, now);
     h.conn
         .handle_tls_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], now);
     assert_eq!(h.conn.poll_event(), Some(Event::Upgraded));
@@ -575,5 +598,61 @@ proptest::proptest! {
                 break;
             }
         }
+    }
+}
+
+#[test]
+fn between_the_last_flight_and_the_hand_over_nothing_is_read() {
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let now = Instant::now();
+        let mut server_cfg = (*crate::tls::tests::server_config()).clone();
+        server_cfg.enable_secret_extraction = true;
+        let cfg = Config {
+            kernel_tls: every_suite(),
+            ..Config::default()
+        };
+        let mut conn = Connection::with_tls(Arc::new(cfg), Arc::new(server_cfg), now).unwrap();
+        let mut client = client(version);
+        let mut batch = Vec::new();
+        let mut checked = false;
+        for _ in 0..100 {
+            let mut to_server = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut to_server).unwrap();
+            }
+            if !to_server.is_empty() {
+                assert!(conn.wants_read());
+                let mut buf = conn.read_buffer();
+                buf.extend_from_slice(&to_server);
+                conn.handle_read(buf, to_server.len(), now);
+            }
+            conn.poll_transmit(&mut batch, 64);
+            if batch.is_empty() {
+                break;
+            }
+            if conn.tls_handshaking() == Some(false) {
+                // The handshake is done and its last records are not yet
+                // written: a read now could take ciphertext the kernel
+                // will never see, so none is wanted, and no hand-over yet.
+                assert!(!conn.wants_read(), "{version:?}");
+                assert!(conn.poll_tls_command(false).is_none());
+                checked = true;
+            }
+            let n: usize = batch.iter().map(|b| b.len()).sum();
+            for b in &batch {
+                let mut s = &b[..];
+                while !s.is_empty() {
+                    client.read_tls(&mut s).unwrap();
+                    client.process_new_packets().unwrap();
+                }
+            }
+            conn.handle_written(n, now);
+        }
+        assert!(checked, "{version:?}");
+        assert!(matches!(
+            conn.poll_tls_command(false),
+            Some(TlsCommand::Attach { .. })
+        ));
+        assert!(conn.wants_read());
     }
 }
