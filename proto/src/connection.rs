@@ -383,6 +383,19 @@ impl Connection {
         self.state = State::Done;
     }
 
+    /// With TLS in the kernel: it could not read the peer's next record
+    /// (it failed authentication, or was too long). The peer broke TLS:
+    /// our alert goes out, and the connection ends.
+    pub fn handle_tls_record_error(&mut self, now: Instant) {
+        if let Some(kernel) = self.kernel_mut() {
+            let _ = kernel.broken_record();
+            self.tls_said(Fed::Failed, now);
+            self.settle();
+        } else {
+            self.handle_eof(now);
+        }
+    }
+
     /// With TLS in the kernel: a record it would not hand over as data,
     /// read with its content type (an alert, a KeyUpdate, a renegotiation
     /// attempt).

@@ -216,13 +216,35 @@ pub fn run_commands(fd: RawFd, conn: &mut Connection, stats: &ShardStats, read_i
     }
 }
 
-/// A read on a kernel-TLS socket failed with `errno`. EIO means the next
+/// A read failed with `errno`. On a kernel-TLS socket, EIO means the next
 /// record is not data (RFC 8446 §5.1 content types other than 23, which
 /// the kernel hands over only with their type): read it and give it to the
-/// engine. Anything else (EBADMSG: a record that failed authentication)
-/// ends the input. Call with no read in flight.
+/// engine; EBADMSG and EMSGSIZE mean a record failed authentication or was
+/// too long, which the engine answers with an alert. Anything else ends
+/// the input. Call with no read in flight.
 pub fn read_failed(fd: RawFd, errno: i32, conn: &mut Connection, now: Instant) {
-    if errno != libc::EIO || !conn.kernel_tls() {
+    if !conn.kernel_tls() {
+        return conn.handle_eof(now);
+    }
+    // The kernel's verdict on a record it could not open. It also marks
+    // the socket failed, which would refuse our alert: reading SO_ERROR
+    // clears that mark, and the send path is whole.
+    if errno == libc::EBADMSG || errno == libc::EMSGSIZE {
+        let mut err: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `err` and `len` are live locals of the sizes given.
+        unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut err as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        return conn.handle_tls_record_error(now);
+    }
+    if errno != libc::EIO {
         return conn.handle_eof(now);
     }
     let mut buf = [0u8; MAX_RECORD];

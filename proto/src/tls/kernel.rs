@@ -22,6 +22,7 @@ pub const APPLICATION_DATA: u8 = 23;
 /// Alert descriptions (RFC 8446 §6).
 const CLOSE_NOTIFY: u8 = 0;
 const UNEXPECTED_MESSAGE: u8 = 10;
+const BAD_RECORD_MAC: u8 = 20;
 const DECODE_ERROR: u8 = 50;
 const USER_CANCELED: u8 = 90;
 const NO_RENEGOTIATION: u8 = 100;
@@ -418,6 +419,12 @@ impl KernelTls {
 
     fn alert(&mut self, level: u8, description: u8) {
         self.record(ALERT, Box::new([level, description]));
+    }
+
+    /// The kernel could not read the peer's next record (it failed
+    /// authentication, or was too long): RFC 8446 §5.2, §6.2.
+    pub(crate) fn broken_record(&mut self) -> Received {
+        self.fatal(BAD_RECORD_MAC)
     }
 
     fn fatal(&mut self, description: u8) -> Received {

@@ -656,3 +656,18 @@ fn between_the_last_flight_and_the_hand_over_nothing_is_read() {
         assert!(conn.wants_read());
     }
 }
+
+#[test]
+fn a_record_the_kernel_could_not_open_gets_bad_record_mac() {
+    let (mut conn, now) = open_in_kernel();
+    conn.handle_tls_record_error(now);
+    assert_eq!(conn.poll_event(), Some(Event::TlsFailed));
+    match conn.poll_tls_command(false) {
+        Some(TlsCommand::Record {
+            content_type: ALERT,
+            payload,
+        }) => assert_eq!(&payload[..], [FATAL, BAD_RECORD_MAC]),
+        other => panic!("{other:?}"),
+    }
+    assert!(conn.is_done());
+}
