@@ -63,3 +63,11 @@ fn tls_corpus() {
     let n = replay("tls", fuzz_entry::tls);
     assert!(n >= 5, "only {n} tls corpus files");
 }
+
+/// wss:// with the kernel holding the record layer: what the kernel hands
+/// the engine after the hand-over (plaintext, typed records).
+#[test]
+fn tls_kernel_corpus() {
+    let n = replay("tls_kernel", fuzz_entry::tls_kernel);
+    assert!(n >= 5, "only {n} tls_kernel corpus files");
+}

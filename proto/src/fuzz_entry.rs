@@ -454,6 +454,101 @@ pub fn tls(data: &[u8]) {
     let _ = conn.poll_timeout();
 }
 
+/// wss:// once the kernel holds the record layer (`crate::tls::kernel`):
+/// a real handshake with a rustls client hands the session over, then
+/// `data` is a script of what the kernel would deliver. Each step is a
+/// byte saying what comes (plaintext read, or a record of a type) and a
+/// byte of length, then that many bytes. Nothing may panic, every record
+/// gets a bounded answer, unsent output stays bounded, and the deadlines
+/// end the connection.
+pub fn tls_kernel(data: &[u8]) {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use crate::connection::Config as EngineConfig;
+    use crate::tls::kernel::{Cipher, KernelSupport, TlsCommand, Version};
+
+    let mut support = KernelSupport::NONE;
+    for v in [Version::Tls12, Version::Tls13] {
+        for c in Cipher::ALL {
+            support = support.with(v, c);
+        }
+    }
+    let Some((&seed, mut script)) = data.split_first() else {
+        return;
+    };
+    if seed & 1 == 1 {
+        support = support.with_rekey();
+    }
+    let cfg = Arc::new(EngineConfig {
+        max_output_bytes: 4096,
+        kernel_tls: support,
+        ..EngineConfig::default()
+    });
+    let now = Instant::now();
+    let tls13 = seed & 2 == 0;
+    let Some(mut conn) = fuzz_tls::handed_over(cfg.clone(), now, tls13) else {
+        panic!("the fixture handshake hands the session over");
+    };
+    let mut batch = Vec::new();
+    for _ in 0..script.len() + 1 {
+        let [kind, len, rest @ ..] = script else {
+            break;
+        };
+        let (body, after) = rest.split_at(usize::from(*len).min(rest.len()));
+        script = after;
+        if conn.is_done() {
+            break;
+        }
+        if kind & 0x80 == 0 {
+            // Plaintext, as the kernel decrypted it, while it is wanted.
+            if conn.wants_read() {
+                let mut buf = conn.read_buffer();
+                let n = body.len().min(buf.capacity() - buf.len());
+                buf.extend_from_slice(&body[..n]);
+                conn.handle_read(buf, n, now);
+            }
+        } else {
+            let content_type = [21, 22, 23, kind & 0x7f][usize::from(kind >> 5 & 3)];
+            conn.handle_tls_record(content_type, body, now);
+        }
+        let mut commands = 0;
+        while let Some(command) = conn.poll_tls_command(false) {
+            assert!(
+                !matches!(command, TlsCommand::Attach { .. }),
+                "a second hand-over"
+            );
+            commands += 1;
+            assert!(commands <= 8, "an unbounded answer to one step");
+        }
+        conn.poll_transmit(&mut batch, 64);
+        let sent: usize = batch.iter().map(|b| b.len()).sum();
+        if sent > 0 && kind & 0x40 == 0 {
+            conn.handle_written(sent, now);
+        }
+        assert!(
+            conn.output_cost() <= cfg.max_output_bytes + 64 * 1024,
+            "unsent output grew to {}",
+            conn.output_cost()
+        );
+        while conn.poll_event().is_some() {}
+    }
+    let later = now + Duration::from_secs(3600);
+    for _ in 0..4 {
+        conn.handle_timeout(later);
+        while conn.poll_tls_command(false).is_some() {}
+        conn.poll_transmit(&mut batch, 64);
+        let sent: usize = batch.iter().map(|b| b.len()).sum();
+        if sent > 0 {
+            conn.handle_written(sent, later);
+        }
+        if conn.is_done() {
+            break;
+        }
+    }
+    assert!(conn.is_done() || conn.poll_timeout().is_some() || !conn.wants_read());
+}
+
 /// The test certificate (tests/data/tls) and a client's first flight.
 mod fuzz_tls {
     use std::sync::{Arc, OnceLock};
@@ -490,15 +585,77 @@ mod fuzz_tls {
             .clone()
     }
 
-    pub fn client_hello() -> Vec<u8> {
+    /// A connection under `cfg` whose TLS handshake with a rustls client
+    /// is done and whose session the kernel now holds (its Attach taken).
+    pub fn handed_over(
+        cfg: Arc<crate::connection::Config>,
+        now: std::time::Instant,
+        tls13: bool,
+    ) -> Option<crate::Connection> {
+        let mut server = (*server_config()).clone();
+        server.enable_secret_extraction = true;
+        let mut conn = crate::Connection::with_tls(cfg, Arc::new(server), now).ok()?;
+        let version = if tls13 {
+            &rustls::version::TLS13
+        } else {
+            &rustls::version::TLS12
+        };
+        let mut client = ClientConnection::new(
+            Arc::new(
+                ClientConfig::builder_with_provider(provider())
+                    .with_protocol_versions(&[version])
+                    .ok()?
+                    .with_root_certificates(roots())
+                    .with_no_client_auth(),
+            ),
+            ServerName::try_from("localhost").ok()?,
+        )
+        .ok()?;
+        let mut batch = Vec::new();
+        for _ in 0..64 {
+            if let Some(crate::tls::kernel::TlsCommand::Attach { .. }) =
+                conn.poll_tls_command(false)
+            {
+                return Some(conn);
+            }
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).ok()?;
+            }
+            if !wire.is_empty() && conn.wants_read() {
+                let mut buf = conn.read_buffer();
+                buf.extend_from_slice(&wire);
+                conn.handle_read(buf, wire.len(), now);
+            }
+            conn.poll_transmit(&mut batch, 64);
+            let n: usize = batch.iter().map(|b| b.len()).sum();
+            for b in &batch {
+                let mut s = &b[..];
+                while !s.is_empty() {
+                    client.read_tls(&mut s).ok()?;
+                    client.process_new_packets().ok()?;
+                }
+            }
+            if n > 0 {
+                conn.handle_written(n, now);
+            }
+        }
+        None
+    }
+
+    fn roots() -> RootCertStore {
         let mut roots = RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(CA).filter_map(Result::ok) {
             let _ = roots.add(c);
         }
+        roots
+    }
+
+    pub fn client_hello() -> Vec<u8> {
         let config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .expect("versions")
-            .with_root_certificates(roots)
+            .with_root_certificates(roots())
             .with_no_client_auth();
         let name = ServerName::try_from("localhost").expect("name");
         let mut conn = ClientConnection::new(Arc::new(config), name).expect("client");
