@@ -56,49 +56,61 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Boot the VM with this binary, the server and the certificates, run the
-/// guest half on every shell, and require it to pass.
+/// The kernels the checks run on: Debian 12's (6.1: kernel TLS, but no
+/// key change under a live session) and trixie-backports' (Linux 6.14 and
+/// later: KeyUpdates in the kernel).
+const KERNELS: [&str; 2] = ["bookworm", "trixie-backports"];
+
+/// Boot each kernel with this binary, the server and the certificates, run
+/// the guest half on every shell, and require it to pass.
 fn host() {
-    let started = Instant::now();
-    let prepare = Command::new("bash")
-        .arg(repo().join("tests/vm/prepare.sh"))
-        .status()
-        .expect("run tests/vm/prepare.sh");
-    assert!(prepare.success(), "tests/vm/prepare.sh failed: {prepare}");
-    let me = std::env::current_exe().unwrap();
-    let tls = repo().join("tests/data/tls");
-    let mut cmd = Command::new("bash");
-    cmd.arg(repo().join("tests/vm/run.sh"))
-        .args(["--timeout", "420", "--cpus", "2"])
-        .args(["--bin", &me.display().to_string()])
-        .args(["--bin", env!("CARGO_BIN_EXE_ringecho")])
-        // A client that renegotiates (rustls never does).
-        .args(["--bin", &which("openssl")]);
-    for f in ["ca.pem", "cert.pem", "key.pem"] {
-        cmd.args(["--file", &format!("{}:/tls/{f}", tls.join(f).display())]);
-    }
-    let exe = me.file_name().unwrap().to_string_lossy().into_owned();
-    cmd.args([
-        "--",
-        &format!("{GUEST}=1 RINGECHO_BIN=/bin/ringecho /bin/{exe}"),
-    ]);
-    let out = cmd.output().expect("run tests/vm/run.sh");
-    let console = String::from_utf8_lossy(&out.stdout);
-    print!("{console}");
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "the guest half failed ({}); its output is above",
-        out.status
-    );
-    // Each shell's checks report their end; all must have run.
-    for io in SHELLS {
+    for kernel in KERNELS {
+        let started = Instant::now();
+        let prepare = Command::new("bash")
+            .arg(repo().join("tests/vm/prepare.sh"))
+            .args(["--kernel", kernel])
+            .status()
+            .expect("run tests/vm/prepare.sh");
+        assert!(prepare.success(), "tests/vm/prepare.sh failed: {prepare}");
+        let me = std::env::current_exe().unwrap();
+        let tls = repo().join("tests/data/tls");
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo().join("tests/vm/run.sh"))
+            .args(["--kernel", kernel, "--timeout", "420", "--cpus", "2"])
+            .args(["--bin", &me.display().to_string()])
+            .args(["--bin", env!("CARGO_BIN_EXE_ringecho")])
+            // A client that renegotiates (rustls never does).
+            .args(["--bin", &which("openssl")]);
+        for f in ["ca.pem", "cert.pem", "key.pem"] {
+            cmd.args(["--file", &format!("{}:/tls/{f}", tls.join(f).display())]);
+        }
+        let exe = me.file_name().unwrap().to_string_lossy().into_owned();
+        cmd.args([
+            "--",
+            &format!("{GUEST}=1 RINGECHO_BIN=/bin/ringecho /bin/{exe}"),
+        ]);
+        let out = cmd.output().expect("run tests/vm/run.sh");
+        let console = String::from_utf8_lossy(&out.stdout);
+        print!("{console}");
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
         assert!(
-            console.contains(&format!("ktls guest: --io {io}: all checks passed")),
-            "no verdict for --io {io}"
+            out.status.success(),
+            "{kernel}: the guest half failed ({}); its output is above",
+            out.status
+        );
+        // Each shell's checks report their end; all must have run.
+        for io in SHELLS {
+            assert!(
+                console.contains(&format!("ktls guest: --io {io}: all checks passed")),
+                "{kernel}: no verdict for --io {io}"
+            );
+        }
+        assert!(console.contains("ktls guest: memory: all checks passed"));
+        println!(
+            "test kernel_tls_in_a_vm ({kernel}) ... ok ({:.0?})",
+            started.elapsed()
         );
     }
-    println!("test kernel_tls_in_a_vm ... ok ({:.0?})", started.elapsed());
 }
 
 fn guest() {
@@ -110,6 +122,7 @@ fn guest() {
         every_cipher_goes_to_the_kernel_and_echoes(io);
         the_peers_close_notify_ends_the_connection(io);
         a_renegotiation_through_the_kernel_is_refused_then_cut(io);
+        a_forged_record_gets_an_alert_from_the_kernel_path(io);
         a_key_update_moves_the_kernel_to_the_next_keys_or_cuts_cleanly(io, kernel.trim());
         no_kernel_tls_keeps_every_session_in_user_space(io);
         println!("ktls guest: --io {io}: all checks passed");
@@ -360,6 +373,30 @@ fn a_renegotiation_through_the_kernel_is_refused_then_cut(io: &str) {
     assert_eq!(t["tls_failed"], 1, "{t}");
     let mut s = wss(server.addr, config(None));
     echo(&mut s, b"the next connection is served");
+}
+
+fn a_forged_record_gets_an_alert_from_the_kernel_path(io: &str) {
+    let server = start(&[]);
+    let mut s = wss(server.addr, config(None));
+    echo(&mut s, b"before the forgery");
+    // An application data record whose tag cannot verify: the kernel
+    // refuses it (EBADMSG) and the engine answers bad_record_mac.
+    let mut forged = vec![23, 3, 3, 0, 40];
+    forged.extend([0x5a; 40]);
+    s.sock.write_all(&forged).unwrap();
+    let mut buf = [0u8; 64];
+    let err = loop {
+        match s.read(&mut buf) {
+            Ok(0) => panic!("--io {io}: a clean end, not an alert"),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    let t = server.wait_stats(Duration::from_secs(5), |t| t["active"] == 0);
+    assert!(err.to_string().contains("BadRecordMac"), "--io {io}: {err}");
+    assert_eq!(t["tls_failed"], 1, "{t}");
+    assert_eq!(t["tls_kernel"], 1, "{t}");
+    assert_eq!(t["tls_kernel_refused"], 0, "{t}");
 }
 
 /// Linux 6.14 lets TLS 1.3 keys change under the kernel's record layer;
