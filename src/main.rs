@@ -712,6 +712,12 @@ mod tests {
     }
 
     #[test]
+    fn kernel_tls_is_on_unless_turned_off() {
+        assert!(parse(&[]).unwrap().unwrap().kernel_tls);
+        assert!(!parse(&["--no-kernel-tls"]).unwrap().unwrap().kernel_tls);
+    }
+
+    #[test]
     fn permessage_deflate_is_off_unless_asked_for() {
         let off = parse(&[]).unwrap().unwrap();
         assert_eq!(off.engine.deflate, Policy::Off);

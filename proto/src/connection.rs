@@ -400,6 +400,9 @@ impl Connection {
     /// read with its content type (an alert, a KeyUpdate, a renegotiation
     /// attempt).
     pub fn handle_tls_record(&mut self, content_type: u8, payload: &[u8], now: Instant) {
+        if !self.kernel_tls() {
+            return;
+        }
         let bytes_read = self.bytes.0;
         if content_type == APPLICATION_DATA {
             self.bytes.0 += payload.len() as u64;
