@@ -17,7 +17,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client_frame, read_raw_close, read_raw_frame, upgrade_request, Ringecho};
+use common::{
+    client_frame, read_raw_close, read_raw_frame, renegotiate_with_s_client, upgrade_request,
+    Ringecho,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned, SupportedCipherSuite};
@@ -328,44 +331,11 @@ fn the_peers_close_notify_ends_the_connection(io: &str) {
 
 fn a_renegotiation_through_the_kernel_is_refused_then_cut(io: &str) {
     let server = start(&[]);
-    let mut client = Command::new("openssl")
-        .args([
-            "s_client",
-            "-tls1_2",
-            "-servername",
-            "localhost",
-            "-connect",
-        ])
-        .arg(server.addr.to_string())
-        .arg("-CAfile")
-        .arg(data("ca.pem"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("openssl in the guest");
-    let mut stdin = client.stdin.take().unwrap();
-    server.wait_stats(Duration::from_secs(10), |t| t["tls_kernel"] == 1);
-    // s_client's command to renegotiate (RFC 5746): the kernel hands the
-    // encrypted ClientHello over as a handshake record.
-    for _ in 0..3 {
-        let _ = stdin.write_all(b"R\n");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    drop(stdin);
-    let started = Instant::now();
-    let out = loop {
-        if let Ok(Some(_)) = client.try_wait() {
-            break client.wait_with_output().unwrap();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "--io {io}: s_client still running"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    // The kernel hands the encrypted ClientHello over as a handshake
+    // record, once the session is its.
+    let text = renegotiate_with_s_client(server.addr, &data("ca.pem"), || {
+        server.wait_stats(Duration::from_secs(10), |t| t["tls_kernel"] == 1);
+    });
     assert!(text.contains("RENEGOTIATING"), "--io {io}: {text}");
     assert!(text.contains("no renegotiation"), "--io {io}: {text}");
     let t = server.wait_stats(Duration::from_secs(5), |t| t["active"] == 0);

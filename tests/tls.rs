@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::browser::{assert_echo_page_worked, echo_page_output};
-use common::{client_frame, read_raw_close, read_raw_frame, upgrade_request, Ringecho};
+use common::{
+    client_frame, read_raw_close, read_raw_frame, renegotiate_with_s_client, upgrade_request,
+    Ringecho,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -447,43 +450,9 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 #[test]
 fn a_tls_1_2_renegotiation_is_refused_and_the_server_goes_on() {
     let server = start(&[]);
-    let mut client = Command::new("openssl")
-        .args([
-            "s_client",
-            "-tls1_2",
-            "-servername",
-            "localhost",
-            "-connect",
-        ])
-        .arg(server.addr.to_string())
-        .arg("-CAfile")
-        .arg(data("ca.pem"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("openssl is installed by the test command");
-    let mut stdin = client.stdin.take().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    // s_client's command to renegotiate (RFC 5746).
-    for _ in 0..3 {
-        let _ = stdin.write_all(b"R\n");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    drop(stdin);
-    let started = Instant::now();
-    let out = loop {
-        if let Ok(Some(_)) = client.try_wait() {
-            break client.wait_with_output().unwrap();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "s_client still running"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = renegotiate_with_s_client(server.addr, &data("ca.pem"), || {
+        std::thread::sleep(Duration::from_millis(500))
+    });
     assert!(text.contains("RENEGOTIATING"), "{text}");
     assert!(text.contains("no renegotiation"), "{text}");
     let t = server.wait_stats(Duration::from_secs(5), |t| t["active"] == 0);

@@ -425,3 +425,48 @@ pub fn read_raw_close(s: &mut impl Read) -> Option<u16> {
         }
     }
 }
+
+/// Run `openssl s_client` over TLS 1.2 against `addr`, trusting `ca`; once
+/// `ready` returns, ask it three times to renegotiate (its `R` command,
+/// RFC 5746), then end its input. Returns all it printed.
+pub fn renegotiate_with_s_client(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    ready: impl FnOnce(),
+) -> String {
+    let mut client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-tls1_2",
+            "-servername",
+            "localhost",
+            "-connect",
+        ])
+        .arg(addr.to_string())
+        .arg("-CAfile")
+        .arg(ca)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl is installed by the test command");
+    let mut stdin = client.stdin.take().unwrap();
+    ready();
+    for _ in 0..3 {
+        let _ = stdin.write_all(b"R\n");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(stdin);
+    let started = Instant::now();
+    let out = loop {
+        if let Ok(Some(_)) = client.try_wait() {
+            break client.wait_with_output().unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "s_client still running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}

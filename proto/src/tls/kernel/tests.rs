@@ -155,6 +155,17 @@ fn feed(conn: &mut Connection, mut plain: &[u8], now: Instant) {
     assert!(plain.is_empty(), "the engine took all the input");
 }
 
+/// The next command, which must be a record: (content type, payload).
+fn next_record(conn: &mut Connection) -> (u8, Box<[u8]>) {
+    match conn.poll_tls_command(false) {
+        Some(TlsCommand::Record {
+            content_type,
+            payload,
+        }) => (content_type, payload),
+        other => panic!("not a record: {other:?}"),
+    }
+}
+
 /// A connection in the kernel's hands, upgraded.
 fn open_in_kernel() -> (Connection, Instant) {
     let mut h = hand_over(&rustls::version::TLS13, every_suite(), usize::MAX);
@@ -256,13 +267,10 @@ fn after_the_hand_over_the_engine_echoes_plaintext_and_ends_with_close_notify() 
     // RFC 8446 §6.1: close_notify goes through the kernel as an alert
     // record, after the close frame, and only then is the engine done.
     assert!(!conn.is_done());
-    match conn.poll_tls_command(false) {
-        Some(TlsCommand::Record {
-            content_type: ALERT,
-            payload,
-        }) => assert_eq!(&payload[..], [WARNING, CLOSE_NOTIFY]),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        next_record(&mut conn),
+        (ALERT, Box::from([WARNING, CLOSE_NOTIFY]))
+    );
     assert!(conn.is_done());
     assert!(conn.poll_tls_command(false).is_none());
 }
@@ -301,13 +309,10 @@ fn a_key_update_gives_the_kernel_the_next_keys_rfc_8446_section_4_6_3() {
         panic!("no new receive key");
     };
     assert_ne!(second.key(), first.key(), "each update moves the key on");
-    match conn.poll_tls_command(false) {
-        Some(TlsCommand::Record {
-            content_type: HANDSHAKE,
-            payload,
-        }) => assert_eq!(&payload[..], [KEY_UPDATE, 0, 0, 1, 0]),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        next_record(&mut conn),
+        (HANDSHAKE, Box::from([KEY_UPDATE, 0, 0, 1, 0]))
+    );
     let Some(TlsCommand::SetKey(Direction::Send, send)) = conn.poll_tls_command(false) else {
         panic!("no new send key");
     };
@@ -332,13 +337,10 @@ fn a_key_update_storm_is_cut_like_rustls_cuts_it() {
     // Application data between them would have reset the count; none came.
     conn.handle_tls_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], now);
     assert_eq!(conn.poll_event(), Some(Event::TlsFailed));
-    match conn.poll_tls_command(false) {
-        Some(TlsCommand::Record {
-            content_type: ALERT,
-            payload,
-        }) => assert_eq!(&payload[..], [FATAL, UNEXPECTED_MESSAGE]),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        next_record(&mut conn),
+        (ALERT, Box::from([FATAL, UNEXPECTED_MESSAGE]))
+    );
     assert!(conn.is_done());
 }
 
@@ -368,13 +370,10 @@ fn a_tls_1_2_renegotiation_is_refused_with_a_warning_and_the_session_goes_on() {
     assert!(drain(&mut h.conn, now).starts_with(b"HTTP/1.1 101 "));
     h.conn
         .handle_tls_record(HANDSHAKE, &[CLIENT_HELLO, 0, 0, 2, 3, 3], now);
-    match h.conn.poll_tls_command(false) {
-        Some(TlsCommand::Record {
-            content_type: ALERT,
-            payload,
-        }) => assert_eq!(&payload[..], [WARNING, NO_RENEGOTIATION]),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        next_record(&mut h.conn),
+        (ALERT, Box::from([WARNING, NO_RENEGOTIATION]))
+    );
     assert!(!h.conn.is_done());
     assert_eq!(h.conn.poll_event(), Some(Event::Upgraded));
     // A second one is fatal.
@@ -515,13 +514,10 @@ fn near_the_ciphers_record_limit_tls_1_3_moves_to_its_next_send_key() {
     echo_many(&mut conn, now, 1400);
     assert!(conn.poll_tls_command(false).is_none());
     echo_many(&mut conn, now, 100);
-    match conn.poll_tls_command(false) {
-        Some(TlsCommand::Record {
-            content_type: HANDSHAKE,
-            payload,
-        }) => assert_eq!(&payload[..], [KEY_UPDATE, 0, 0, 1, 0]),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        next_record(&mut conn),
+        (HANDSHAKE, Box::from([KEY_UPDATE, 0, 0, 1, 0]))
+    );
     let Some(TlsCommand::SetKey(Direction::Send, key)) = conn.poll_tls_command(false) else {
         panic!("no next send key");
     };
@@ -662,12 +658,9 @@ fn a_record_the_kernel_could_not_open_gets_bad_record_mac() {
     let (mut conn, now) = open_in_kernel();
     conn.handle_tls_record_error(now);
     assert_eq!(conn.poll_event(), Some(Event::TlsFailed));
-    match conn.poll_tls_command(false) {
-        Some(TlsCommand::Record {
-            content_type: ALERT,
-            payload,
-        }) => assert_eq!(&payload[..], [FATAL, BAD_RECORD_MAC]),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        next_record(&mut conn),
+        (ALERT, Box::from([FATAL, BAD_RECORD_MAC]))
+    );
     assert!(conn.is_done());
 }
