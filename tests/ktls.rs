@@ -21,9 +21,8 @@ use common::{
     client_frame, read_raw_close, read_raw_frame, renegotiate_with_s_client, upgrade_request,
     Ringecho,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned, SupportedCipherSuite};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned, SupportedCipherSuite};
 
 const GUEST: &str = "RINGECHO_KTLS_GUEST";
 const SHELLS: [&str; 3] = ["ring", "tokio-uring", "epoll"];
@@ -152,21 +151,11 @@ fn config(suite: Option<SupportedCipherSuite>) -> Arc<ClientConfig> {
     if let Some(suite) = suite {
         provider.cipher_suites = vec![suite];
     }
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(data("ca.pem")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
     let versions: &[&'static rustls::SupportedProtocolVersion] = match suite {
         Some(SupportedCipherSuite::Tls12(_)) => &[&rustls::version::TLS12],
         _ => &[&rustls::version::TLS13],
     };
-    let mut c = ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(c)
+    common::tls_client_config(&data("ca.pem"), provider, versions)
 }
 
 type Wss = StreamOwned<ClientConnection, TcpStream>;

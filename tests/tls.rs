@@ -20,7 +20,7 @@ use common::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 type Wss = StreamOwned<ClientConnection, TcpStream>;
 
@@ -51,18 +51,11 @@ fn client_config() -> Arc<ClientConfig> {
 }
 
 fn client_config_for(versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(data("ca.pem")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut c =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(versions)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(c)
+    common::tls_client_config(
+        &data("ca.pem"),
+        rustls::crypto::ring::default_provider(),
+        versions,
+    )
 }
 
 /// A TLS connection, handshake done.

@@ -166,6 +166,20 @@ fn next_record(conn: &mut Connection) -> (u8, Box<[u8]>) {
     }
 }
 
+/// The next commands must be a KeyUpdate of ours that does not ask back
+/// (or the two sides would ask each other forever), then our next send
+/// key, whose records count from 0 (RFC 8446 §4.6.3, §5.3).
+fn our_key_update(conn: &mut Connection) {
+    assert_eq!(
+        next_record(conn),
+        (HANDSHAKE, Box::from([KEY_UPDATE, 0, 0, 1, 0]))
+    );
+    let Some(TlsCommand::SetKey(Direction::Send, key)) = conn.poll_tls_command(false) else {
+        panic!("no next send key");
+    };
+    assert_eq!(key.seq, 0);
+}
+
 /// A connection in the kernel's hands, upgraded.
 fn open_in_kernel() -> (Connection, Instant) {
     let mut h = hand_over(&rustls::version::TLS13, every_suite(), usize::MAX);
@@ -309,14 +323,7 @@ fn a_key_update_gives_the_kernel_the_next_keys_rfc_8446_section_4_6_3() {
         panic!("no new receive key");
     };
     assert_ne!(second.key(), first.key(), "each update moves the key on");
-    assert_eq!(
-        next_record(&mut conn),
-        (HANDSHAKE, Box::from([KEY_UPDATE, 0, 0, 1, 0]))
-    );
-    let Some(TlsCommand::SetKey(Direction::Send, send)) = conn.poll_tls_command(false) else {
-        panic!("no new send key");
-    };
-    assert_eq!(send.seq, 0);
+    our_key_update(&mut conn);
     // The echo goes on.
     let mut frame = Vec::new();
     encode_client_frame(true, OpCode::Binary, [1, 2, 3, 4], b"after", &mut frame);
@@ -514,14 +521,7 @@ fn near_the_ciphers_record_limit_tls_1_3_moves_to_its_next_send_key() {
     echo_many(&mut conn, now, 1400);
     assert!(conn.poll_tls_command(false).is_none());
     echo_many(&mut conn, now, 100);
-    assert_eq!(
-        next_record(&mut conn),
-        (HANDSHAKE, Box::from([KEY_UPDATE, 0, 0, 1, 0]))
-    );
-    let Some(TlsCommand::SetKey(Direction::Send, key)) = conn.poll_tls_command(false) else {
-        panic!("no next send key");
-    };
-    assert_eq!(key.seq, 0);
+    our_key_update(&mut conn);
     assert!(conn.poll_tls_command(false).is_none(), "once per limit");
     // The count starts again under the new key.
     echo_many(&mut conn, now, 1000);
