@@ -274,8 +274,12 @@ pub fn probe() -> Result<KernelSupport, String> {
                 let ulps = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp")
                     .unwrap_or_default();
                 return Err(match e.raw_os_error() {
+                    // The kernel loads the module on first use only for a
+                    // process with CAP_NET_ADMIN, which a locked-down
+                    // service lacks: say how to load it.
                     Some(libc::ENOENT) => format!(
-                        "the kernel has no tls module (tcp_available_ulp: {})",
+                        "the kernel's tls module is not loaded (tcp_available_ulp: {}); \
+                         `modprobe tls`, or tls in /etc/modules-load.d, where the kernel has it",
                         ulps.trim()
                     ),
                     _ => format!("the kernel refused the tls upper-layer protocol: {e}"),
