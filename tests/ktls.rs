@@ -166,14 +166,7 @@ fn wss(addr: SocketAddr, config: Arc<ClientConfig>) -> Wss {
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let conn = ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
     let mut s = StreamOwned::new(conn, tcp);
-    s.write_all(upgrade_request(addr).as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).unwrap();
-        head.push(b[0]);
-        assert!(head.len() < 4096);
-    }
+    let head = common::upgrade_over(&mut s, addr);
     assert!(
         head.starts_with(b"HTTP/1.1 101 "),
         "{:?}",

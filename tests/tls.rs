@@ -77,13 +77,7 @@ fn tls_with(addr: SocketAddr, config: Arc<ClientConfig>) -> Wss {
 /// A wss:// WebSocket: TLS, then the upgrade (RFC 6455 §4.1).
 fn wss(addr: SocketAddr) -> Wss {
     let mut s = tls(addr);
-    s.write_all(upgrade_request(addr).as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).unwrap();
-        head.push(b[0]);
-    }
+    let head = common::upgrade_over(&mut s, addr);
     assert!(
         head.starts_with(b"HTTP/1.1 101 "),
         "{}",

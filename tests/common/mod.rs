@@ -491,3 +491,17 @@ pub fn tls_client_config(
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
     std::sync::Arc::new(c)
 }
+
+/// Send the upgrade request for `addr` over `s` (any stream, TLS included)
+/// and read the response head; returns it, status line first.
+pub fn upgrade_over(s: &mut (impl Read + Write), addr: SocketAddr) -> Vec<u8> {
+    s.write_all(upgrade_request(addr).as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+        assert!(head.len() < 8192, "a response head that does not end");
+    }
+    head
+}

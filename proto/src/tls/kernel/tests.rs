@@ -93,14 +93,7 @@ fn hand_over(
             moved = true;
         }
         conn.poll_transmit(&mut batch, 64);
-        let n: usize = batch.iter().map(|b| b.len()).sum();
-        for b in &batch {
-            let mut s = &b[..];
-            while !s.is_empty() {
-                client.read_tls(&mut s).unwrap();
-                client.process_new_packets().unwrap();
-            }
-        }
+        let n = to_client(&mut client, &batch);
         if n > 0 {
             conn.handle_written(n, now);
             moved = true;
@@ -116,6 +109,18 @@ fn hand_over(
         attach,
         unread: to_server,
     }
+}
+
+/// The client reads all of `batch`; returns its length.
+fn to_client(client: &mut ClientConnection, batch: &[bytes::Bytes]) -> usize {
+    for b in batch {
+        let mut s = &b[..];
+        while !s.is_empty() {
+            client.read_tls(&mut s).unwrap();
+            client.process_new_packets().unwrap();
+        }
+    }
+    batch.iter().map(|b| b.len()).sum()
 }
 
 fn same_key(ours: &KernelKey, seq: u64, theirs: &ConnectionTrafficSecrets) -> bool {
@@ -634,14 +639,7 @@ fn between_the_last_flight_and_the_hand_over_nothing_is_read() {
                 assert!(conn.poll_tls_command(false).is_none());
                 checked = true;
             }
-            let n: usize = batch.iter().map(|b| b.len()).sum();
-            for b in &batch {
-                let mut s = &b[..];
-                while !s.is_empty() {
-                    client.read_tls(&mut s).unwrap();
-                    client.process_new_packets().unwrap();
-                }
-            }
+            let n = to_client(&mut client, &batch);
             conn.handle_written(n, now);
         }
         assert!(checked, "{version:?}");
