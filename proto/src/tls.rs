@@ -13,9 +13,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rustls::server::UnbufferedServerConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+    WriteTraffic,
 };
 use rustls::ServerConfig;
 
@@ -220,6 +221,29 @@ impl Tls {
     /// before the handshake is done).
     pub fn encrypt(&mut self, slices: &[Bytes]) -> usize {
         let room = self.room();
+        self.writing(0, |traffic, outgoing| {
+            let mut taken = 0;
+            for plaintext in slices {
+                if taken >= room
+                    || !grow_into(outgoing, |out| {
+                        traffic.encrypt(plaintext, out).map_err(encrypt_size)
+                    })
+                {
+                    break;
+                }
+                taken += plaintext.len();
+            }
+            taken
+        })
+    }
+
+    /// Run `write` in rustls's writing state, with the ciphertext buffer;
+    /// `otherwise` before the handshake is done.
+    fn writing<R>(
+        &mut self,
+        otherwise: R,
+        write: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> R,
+    ) -> R {
         // The same input buffer every time (rustls keeps its place in
         // it); after `feed` it holds at most part of a record, so this
         // yields the writing state and consumes nothing.
@@ -230,21 +254,8 @@ impl Tls {
             ..
         } = self;
         match conn.process_tls_records(incoming).state {
-            Ok(ConnectionState::WriteTraffic(mut traffic)) => {
-                let mut taken = 0;
-                for plaintext in slices {
-                    if taken >= room
-                        || !grow_into(outgoing, |out| {
-                            traffic.encrypt(plaintext, out).map_err(encrypt_size)
-                        })
-                    {
-                        break;
-                    }
-                    taken += plaintext.len();
-                }
-                taken
-            }
-            _ => 0,
+            Ok(ConnectionState::WriteTraffic(mut traffic)) => write(&mut traffic, outgoing),
+            _ => otherwise,
         }
     }
 
@@ -296,18 +307,11 @@ impl Tls {
             return false;
         }
         self.close_notify_sent = true;
-        let Tls {
-            conn,
-            incoming,
-            outgoing,
-            ..
-        } = self;
-        match conn.process_tls_records(incoming).state {
-            Ok(ConnectionState::WriteTraffic(mut traffic)) => grow_into(outgoing, |out| {
+        self.writing(false, |traffic, outgoing| {
+            grow_into(outgoing, |out| {
                 traffic.queue_close_notify(out).map_err(encrypt_size)
-            }),
-            _ => false,
-        }
+            })
+        })
     }
 
     /// The negotiated protocol version, for logs.
